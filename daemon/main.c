@@ -1,0 +1,220 @@
+/* The ctxhookd command line: parse the arguments, load the configuration, run the chosen
+ * command, map the outcome to a sysexits code. Everything else lives in the modules. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <unistd.h>
+
+#include "ctxhookd/apikey.h"
+#include "ctxhookd/config.h"
+#include "ctxhookd/log.h"
+#include "ctxhookd/names.h"
+#include "ctxhookd/service.h"
+#include "ctxhookd/store.h"
+
+static const char usage_text[] =
+    "Usage:\n"
+    "  ctxhookd run          [-c FILE]   run the daemon (the default command)\n"
+    "  ctxhookd check-config [-c FILE]   validate, print the effective config, exit 0/78\n"
+    "  ctxhookd apikey create --account ID [-c FILE]\n"
+    "                                    print a new API key for the account (last line of\n"
+    "                                    stdout); the account's previous key stops working\n"
+    "  ctxhookd --version | --help\n"
+    "\n"
+    "Config: -c FILE, else $CTXHOOKD_CONFIG, else " CONFIG_DEFAULT_PATH ",\n"
+    "else the embedded default. Any option can be overridden with CTXHOOKD_<SECTION>_<KEY>.\n";
+
+struct args {
+        const char *command; /* "run", "check-config", "apikey create" */
+        const char *config;
+        const char *account;
+};
+
+static int usage_error(const char *fmt, const char *what)
+{
+        fprintf(stderr, "ctxhookd: ");
+        fprintf(stderr, fmt, what);
+        fprintf(stderr, "\n%s", usage_text);
+        return EX_USAGE;
+}
+
+/* Returns -1 to go on, else the exit code to leave with. */
+static int parse_args(int argc, char **argv, struct args *ret)
+{
+        static const struct option options[] = {
+            {"config", required_argument, NULL, 'c'},
+            {"account", required_argument, NULL, 'a'},
+            {"help", no_argument, NULL, 'h'},
+            {"version", no_argument, NULL, 'V'},
+            {0},
+        };
+        struct args a = {0};
+        const char *words[2] = {"", ""};
+        int c, nwords = 0;
+
+        opterr = 0;
+        /* "-" first: command words come back as option 1, in order, among the options. */
+        while ((c = getopt_long(argc, argv, "-:c:hV", options, NULL)) != -1) {
+                switch (c) {
+                case 1:
+                        if (nwords == 2)
+                                return usage_error("unexpected argument '%s'", optarg);
+                        words[nwords++] = optarg;
+                        break;
+                case 'c':
+                        a.config = optarg;
+                        break;
+                case 'a':
+                        a.account = optarg;
+                        break;
+                case 'h':
+                        fputs(usage_text, stdout);
+                        return EX_OK;
+                case 'V':
+                        printf("ctxhookd %s\n", CTXHOOKD_VERSION);
+                        return EX_OK;
+                case ':':
+                        return usage_error("option '%s' needs a value", argv[optind - 1]);
+                default:
+                        return usage_error("unknown option '%s'", argv[optind - 1]);
+                }
+        }
+        if (nwords == 0 || (nwords == 1 && strcmp(words[0], "run") == 0))
+                a.command = "run";
+        else if (nwords == 1 && strcmp(words[0], "check-config") == 0)
+                a.command = "check-config";
+        else if (nwords == 2 && strcmp(words[0], "apikey") == 0 && strcmp(words[1], "create") == 0)
+                a.command = "apikey create";
+        else if (strcmp(words[0], "apikey") == 0)
+                return usage_error("%s", "apikey needs the subcommand 'create'");
+        else if (nwords == 2)
+                return usage_error("unexpected argument '%s'", words[1]);
+        else
+                return usage_error("unknown command '%s'", words[0]);
+        if (strcmp(a.command, "apikey create") == 0 && !a.account)
+                return usage_error("%s", "apikey create needs --account ID");
+        if (strcmp(a.command, "apikey create") != 0 && a.account)
+                return usage_error("%s", "--account is only valid with 'apikey create'");
+        *ret = a;
+        return -1;
+}
+
+static void log_lines(const char *text)
+{
+        const char *p = text;
+
+        while (*p) {
+                const char *nl = strchr(p, '\n');
+                int n = nl ? (int)(nl - p) : (int)strlen(p);
+                log_error("%.*s", n, p);
+                p += n + (nl ? 1 : 0);
+        }
+}
+
+/* Loads the config named on the command line, else by $CTXHOOKD_CONFIG, else the default
+ * path, else (only when the default path does not exist) the embedded default — said in the
+ * log, never silently. */
+static int load_config(const char *path, struct config **ret)
+{
+        struct ch_error err = {{0}};
+        int explicit_path = 1, r;
+
+        if (!path) {
+                path = config_default_path(&explicit_path);
+                if (!explicit_path && access(path, F_OK) < 0 && errno == ENOENT) {
+                        log_notice("no config file at %s; using the embedded default "
+                                   "(config/ctxhookd.conf as shipped)",
+                                   path);
+                        path = NULL;
+                }
+        }
+        r = config_load(path, ret, &err);
+        if (r < 0) {
+                log_lines(err.msg);
+                return EX_CONFIG;
+        }
+        log_set_level(log_level_from_string((*ret)->log.level));
+        return -1;
+}
+
+static int cmd_check_config(const struct config *cfg)
+{
+        if (config_print(cfg, stdout) < 0 || fflush(stdout) != 0) {
+                log_error("cannot write the configuration to stdout: %s", strerror(errno));
+                return EX_IOERR;
+        }
+        log_notice("configuration from %s is valid", cfg->source);
+        return EX_OK;
+}
+
+static int cmd_apikey_create(const struct config *cfg, const char *account)
+{
+        struct store_options sopts = {
+            .path = cfg->store.path,
+            .busy_timeout_ms = (int)cfg->store.busy_timeout_ms,
+            .pool_size = 1,
+        };
+        unsigned char hash[STORE_KEY_HASH_LEN];
+        char key[APIKEY_TEXT_LEN + 1];
+        struct ch_error err = {{0}};
+        struct store *store = NULL;
+        long long now;
+        int r;
+
+        r = names_check_account(account, &err);
+        if (r < 0) {
+                log_error("%s", err.msg);
+                return EX_USAGE;
+        }
+        r = store_open(&sopts, &store, &err);
+        if (r < 0) {
+                log_error("cannot open the store: %s", err.msg);
+                return EX_UNAVAILABLE;
+        }
+        r = apikey_generate(key);
+        if (r < 0) {
+                log_error("cannot generate a key: the random generator failed");
+                store_close(store);
+                return EX_SOFTWARE;
+        }
+        apikey_hash(key, strlen(key), hash);
+        now = service_now_ms();
+        r = store_key_set(store, account, hash, now);
+        store_close(store);
+        if (r < 0) {
+                log_error("cannot store the key for account %s in %s: %s", account, cfg->store.path,
+                          strerror(-r));
+                return EX_UNAVAILABLE;
+        }
+        log_notice("created a new API key for account %s; any previous key is revoked", account);
+        printf("%s\n", key);
+        if (fflush(stdout) != 0)
+                return EX_IOERR;
+        return EX_OK;
+}
+
+int main(int argc, char **argv)
+{
+        struct config *cfg = NULL;
+        struct args a;
+        int r;
+
+        r = parse_args(argc, argv, &a);
+        if (r >= 0)
+                return r;
+        r = load_config(a.config, &cfg);
+        if (r >= 0)
+                return r;
+
+        if (strcmp(a.command, "check-config") == 0)
+                r = cmd_check_config(cfg);
+        else if (strcmp(a.command, "apikey create") == 0)
+                r = cmd_apikey_create(cfg, a.account);
+        else
+                r = service_run(cfg) < 0 ? EX_UNAVAILABLE : EX_OK;
+        config_free(cfg);
+        return r;
+}

@@ -1,0 +1,207 @@
+/* Wiring of the daemon's parts and its life cycle. Signals are blocked in every thread and
+ * taken synchronously by the main thread with sigtimedwait(), so no code runs in signal
+ * context; the sweeper thread deletes expired Context API data on a timer. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "ctxhookd/api.h"
+#include "ctxhookd/log.h"
+#include "ctxhookd/metrics.h"
+#include "ctxhookd/notify.h"
+#include "ctxhookd/service.h"
+#include "ctxhookd/store.h"
+
+struct sweeper {
+        pthread_t thread;
+        pthread_mutex_t lock;
+        pthread_cond_t wake;
+        bool stop;
+        struct store *store;
+        long long interval_s;
+};
+
+long long service_now_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void *sweeper_main(void *arg)
+{
+        struct sweeper *sw = arg;
+
+        pthread_mutex_lock(&sw->lock);
+        while (!sw->stop) {
+                struct timespec until;
+                int64_t deleted = 0;
+                int r;
+
+                clock_gettime(CLOCK_MONOTONIC, &until);
+                until.tv_sec += sw->interval_s;
+                while (!sw->stop &&
+                       pthread_cond_timedwait(&sw->wake, &sw->lock, &until) != ETIMEDOUT)
+                        ;
+                if (sw->stop)
+                        break;
+                pthread_mutex_unlock(&sw->lock);
+                r = store_sweep(sw->store, service_now_ms(), &deleted);
+                if (r < 0)
+                        log_warning("sweeper: deleting expired data failed: %s", strerror(-r));
+                else if (deleted > 0)
+                        log_info("sweeper: deleted %lld expired rows", (long long)deleted);
+                pthread_mutex_lock(&sw->lock);
+        }
+        pthread_mutex_unlock(&sw->lock);
+        return NULL;
+}
+
+static int sweeper_start(struct sweeper *sw, struct store *store, long long interval_s)
+{
+        pthread_condattr_t attr;
+        int r;
+
+        sw->stop = false;
+        sw->store = store;
+        sw->interval_s = interval_s;
+        pthread_mutex_init(&sw->lock, NULL);
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&sw->wake, &attr);
+        pthread_condattr_destroy(&attr);
+        r = pthread_create(&sw->thread, NULL, sweeper_main, sw);
+        if (r != 0) {
+                pthread_cond_destroy(&sw->wake);
+                pthread_mutex_destroy(&sw->lock);
+                return -r;
+        }
+        return 0;
+}
+
+static void sweeper_stop(struct sweeper *sw)
+{
+        pthread_mutex_lock(&sw->lock);
+        sw->stop = true;
+        pthread_cond_signal(&sw->wake);
+        pthread_mutex_unlock(&sw->lock);
+        pthread_join(sw->thread, NULL);
+        pthread_cond_destroy(&sw->wake);
+        pthread_mutex_destroy(&sw->lock);
+}
+
+/* Blocks until SIGTERM or SIGINT arrives; SIGHUP is acknowledged and ignored for now (only
+ * hooks will be reloadable, and there are none yet). Returns the signal number. */
+static int wait_for_stop(const sigset_t *set)
+{
+        for (;;) {
+                siginfo_t info;
+                int sig = sigwaitinfo(set, &info);
+
+                if (sig < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        log_error("waiting for signals failed: %s", strerror(errno));
+                        return SIGTERM;
+                }
+                if (sig == SIGHUP) {
+                        log_notice("SIGHUP received: nothing is reloadable yet; the listen "
+                                   "address and store path need a restart");
+                        continue;
+                }
+                return sig;
+        }
+}
+
+/* "listening on http://HOST:PORT" with the port actually bound, which differs from the
+ * configured one when that was 0. listen is a validated "host:port". */
+static void format_listening(const char *listen, unsigned port, char *out, size_t size)
+{
+        const char *colon = strrchr(listen, ':');
+        int host_len = colon ? (int)(colon - listen) : (int)strlen(listen);
+
+        snprintf(out, size, "listening on http://%.*s:%u", host_len, listen, port);
+}
+
+int service_run(const struct config *cfg)
+{
+        struct store_options sopts = {
+            .path = cfg->store.path,
+            .busy_timeout_ms = (int)cfg->store.busy_timeout_ms,
+            .pool_size = (unsigned)cfg->store.pool_size,
+        };
+        struct api_options aopts = {
+            .listen = cfg->api.listen,
+            .max_body = (size_t)cfg->api.max_body,
+            .threads = (unsigned)cfg->api.threads,
+            .max_connections = (unsigned)cfg->api.max_connections,
+            .connection_timeout_s = (unsigned)cfg->api.connection_timeout_s,
+            .admin_token = cfg->api.admin_token,
+        };
+        struct ch_error err = {{0}};
+        struct store *store = NULL;
+        struct metrics *metrics = NULL;
+        struct api *api = NULL;
+        struct sweeper sweeper;
+        char status[256];
+        sigset_t set;
+        int r, sig;
+
+        /* Block before any thread exists, so every thread inherits the mask and the signals
+         * reach only sigwaitinfo() below. */
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGHUP);
+        pthread_sigmask(SIG_BLOCK, &set, NULL);
+        /* A client closing its socket early must not kill the process. */
+        signal(SIGPIPE, SIG_IGN);
+
+        r = store_open(&sopts, &store, &err);
+        if (r < 0) {
+                log_error("cannot open the store: %s", err.msg);
+                notify_stopping("store unavailable");
+                return r;
+        }
+        metrics = metrics_new();
+        if (!metrics) {
+                log_error("out of memory");
+                store_close(store);
+                notify_stopping("out of memory");
+                return -ENOMEM;
+        }
+        r = api_start(&aopts, store, metrics, &api, &err);
+        if (r < 0) {
+                log_error("cannot start the HTTP server: %s", err.msg);
+                goto out;
+        }
+        r = sweeper_start(&sweeper, store, cfg->store.sweep_interval_s);
+        if (r < 0) {
+                log_error("cannot start the sweeper thread: %s", strerror(-r));
+                goto out;
+        }
+
+        format_listening(cfg->api.listen, api_port(api), status, sizeof(status));
+        log_notice("%s (store %s)", status, cfg->store.path);
+        notify_ready(status);
+
+        sig = wait_for_stop(&set);
+        log_notice("%s received, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        notify_stopping("shutting down");
+        sweeper_stop(&sweeper);
+        r = 0;
+out:
+        api = api_stop(api);
+        metrics = metrics_free(metrics);
+        store = store_close(store);
+        if (r < 0)
+                notify_stopping("failed to start");
+        else
+                log_notice("stopped");
+        return r;
+}

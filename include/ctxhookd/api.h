@@ -1,0 +1,36 @@
+/* The HTTP server (libmicrohttpd, internal thread pool): the Context API, /healthz, /readyz
+ * and /metrics. Requests are authenticated with the account's maven-api-key, bodies are capped
+ * at max_body (413), every error is JSON {"message": "..."}. */
+#ifndef CTXHOOKD_API_H
+#define CTXHOOKD_API_H
+
+#include <stddef.h>
+
+#include "ctxhookd/error.h"
+#include "ctxhookd/metrics.h"
+#include "ctxhookd/store.h"
+
+struct api;
+
+struct api_options {
+        const char *listen; /* "host:port" (IPv4 or [IPv6]); port 0 = any free port */
+        size_t max_body;    /* bytes; larger bodies get 413 */
+        unsigned threads;   /* worker threads; 0 = one per CPU */
+        unsigned max_connections;
+        unsigned connection_timeout_s;
+        const char *admin_token; /* NULL/"" = admin endpoints disabled */
+};
+
+/* Binds and starts serving with the given store and metrics (both must outlive the api).
+ * On failure returns a negative code, with the reason (naming the address) in err. */
+int api_start(const struct api_options *opts, struct store *store, struct metrics *metrics,
+              struct api **ret, struct ch_error *err);
+
+/* The TCP port actually bound (useful with port 0). */
+unsigned api_port(const struct api *a);
+
+/* Stops accepting new connections, lets requests in flight finish, then stops the threads.
+ * Accepts NULL; returns NULL. */
+struct api *api_stop(struct api *a);
+
+#endif

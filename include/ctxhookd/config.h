@@ -1,0 +1,66 @@
+/* Configuration: an INI file (libinih) described by one table (daemon/config.c), one row per
+ * option with its section, key, type, bounds, default and the field it fills. Parsing,
+ * validation, environment overrides (CTXHOOKD_<SECTION>_<KEY>), printing the effective config
+ * and (later) reload all walk that table, so a new option is a one-line addition.
+ *
+ * When no file is named and the default path does not exist, the configuration shipped in
+ * config/ctxhookd.conf (embedded in the binary at build time) is used. */
+#ifndef CTXHOOKD_CONFIG_H
+#define CTXHOOKD_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stddef.h>
+
+#include "ctxhookd/error.h"
+
+#define CONFIG_DEFAULT_PATH "/etc/ctxhookd/ctxhookd.conf"
+#define CONFIG_ENV_PATH     "CTXHOOKD_CONFIG"
+
+struct config {
+        char *source; /* the file read, or "<embedded>" */
+        struct {
+                char *listen;      /* host:port; port 0 = any free port */
+                int64_t max_body;  /* bytes */
+                char *admin_token; /* NULL or "" = admin endpoints disabled (secret) */
+                int64_t threads;   /* HTTP worker threads; 0 = one per CPU */
+                int64_t max_connections;
+                int64_t connection_timeout_s;
+        } api;
+        struct {
+                char *path;
+                int64_t busy_timeout_ms;
+                int64_t pool_size;        /* SQLite connections for concurrent requests */
+                int64_t sweep_interval_s; /* how often expired data is deleted */
+        } store;
+        struct {
+                char *level; /* error|warning|notice|info|debug */
+        } log;
+};
+
+/* Which file `run`/`check-config` read when no -c is given: $CTXHOOKD_CONFIG if set, else
+ * CONFIG_DEFAULT_PATH. *ret_explicit is set to 1 when the path came from the environment. */
+const char *config_default_path(int *ret_explicit);
+
+/* The text of config/ctxhookd.conf as shipped (embedded at build time). */
+extern const char config_embedded_text[];
+
+/* Loads the file at path (NULL = the embedded default), applies CTXHOOKD_<SECTION>_<KEY>
+ * environment overrides and validates everything. On failure returns -EINVAL (bad content,
+ * with every problem as one line "FILE:LINE: [section] key: reason" in err), -ENOENT or
+ * another negative errno when the file cannot be read (err names the path), and *ret is
+ * untouched. */
+int config_load(const char *path, struct config **ret, struct ch_error *err);
+
+/* Same as config_load but from text in memory; name is used in error messages. */
+int config_load_string(const char *text, const char *name, struct config **ret,
+                       struct ch_error *err);
+
+/* Frees; accepts NULL; returns NULL. */
+struct config *config_free(struct config *c);
+
+/* Writes the effective configuration as INI text, every option of the table, secrets shown
+ * as "********" when set. Returns 0 or -EIO. */
+int config_print(const struct config *c, FILE *out);
+
+#endif

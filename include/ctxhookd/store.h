@@ -1,0 +1,173 @@
+/* The store: every piece of durable state of ctxhookd (Context API data, API keys; later the
+ * outbox and dead letters) behind one interface. Callers never see the backend: store.c
+ * dispatches to a backend's operation table (daemon/store_backend.h), SQLite being the first
+ * (daemon/store_sqlite.c), so a second backend is added without touching any caller.
+ *
+ * Conventions for every function here:
+ * - Returns 0 on success or a negative errno-style code:
+ *     -ENOENT     the thing asked for does not exist (or has expired)
+ *     -ECANCELED  an If-Match precondition did not hold; nothing was changed
+ *     -EINVAL     an argument is out of the store's own limits; nothing was changed
+ *     -ENOMEM     out of memory; nothing was changed
+ *     -EIO        the backend failed (disk, corruption, locked past the busy timeout …):
+ *                 the API answers 503; nothing was changed (every write is one transaction)
+ * - Out-parameters (ret_…) are written only on success.
+ * - `sid` NULL means the namespace-level session STORE_DEFAULT_SESSION.
+ * - `now_ms` is the caller's clock (Unix epoch milliseconds): TTL expiry is judged against
+ *   it, so tests can move time without sleeping.
+ * - Names are not validated here beyond length (the API validates them); the store refuses
+ *   (-EINVAL) only what it cannot hold: account/namespace > 64 bytes, session id or property
+ *   name > STORE_NAME_MAX bytes.
+ * - Thread-safe: any number of threads may call into one struct store at once.
+ *
+ * TTL semantics: a namespace and a session may carry a TTL in seconds (0 = forever). A
+ * session's own TTL, when set, overrides its namespace's. A property expires TTL seconds after
+ * its last write; a session expires TTL seconds after the last write to any of its
+ * properties (or its creation). Expired data is never returned and store_sweep() deletes it.
+ *
+ * ETags: every property and every session carries an opaque tag that changes on every write
+ * to it (for a session: any write to any of its properties, or clearing them). An ETag is a
+ * quoted string ready for the HTTP header, at most STORE_ETAG_MAX-1 bytes. `if_match` (NULL =
+ * unconditional) is compared with the current tag of the thing written; "*" matches anything
+ * that exists; a thing that does not exist matches no If-Match at all, not even "*".
+ */
+#ifndef CTXHOOKD_STORE_H
+#define CTXHOOKD_STORE_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <jansson.h>
+
+#include "ctxhookd/error.h"
+
+#define STORE_DEFAULT_SESSION "__default__"
+#define STORE_ACCOUNT_MAX     64
+#define STORE_NAMESPACE_MAX   64
+#define STORE_NAME_MAX        256 /* session ids and property names, bytes */
+#define STORE_ETAG_MAX        40
+#define STORE_KEY_HASH_LEN    32 /* SHA-256 */
+
+struct store;
+
+struct store_options {
+        const char *path;    /* SQLite database file; created when missing */
+        int busy_timeout_ms; /* how long a writer waits for the lock before -EIO */
+        unsigned pool_size;  /* connections kept open for concurrent callers (≥ 1) */
+};
+
+/* Opens (creating and migrating as needed) the store. On failure returns a negative code,
+ * writes the reason (naming the path) into err and leaves *ret untouched. */
+int store_open(const struct store_options *opts, struct store **ret, struct ch_error *err);
+
+/* Closes the store, waiting for calls in progress. Accepts NULL; returns NULL. */
+struct store *store_close(struct store *s);
+
+/* Cheap liveness probe of the backend (for /readyz). 0 or -EIO. */
+int store_ping(struct store *s);
+
+/* The schema version the store is at (for check-config and tests). */
+int store_schema_version(struct store *s, int *ret_version);
+
+/* ---- API keys: only a hash is kept; one active key per account. ---- */
+
+/* Makes hash the account's one active key hash, replacing (revoking) any previous one. */
+int store_key_set(struct store *s, const char *account,
+                  const unsigned char hash[STORE_KEY_HASH_LEN], int64_t now_ms);
+
+/* Copies the account's active key hash into ret_hash. -ENOENT when the account has none. */
+int store_key_get(struct store *s, const char *account, unsigned char ret_hash[STORE_KEY_HASH_LEN]);
+
+/* ---- Namespaces ---- */
+
+/* Creates the namespace if missing. ttl_s ≥ 0 sets its TTL (0 = forever); ttl_s < 0 leaves an
+ * existing TTL unchanged (a new namespace then has none). Idempotent. */
+int store_ns_create(struct store *s, const char *account, const char *ns, int64_t ttl_s,
+                    int64_t now_ms);
+
+/* The account's namespaces as a new JSON array, ordered by name:
+ * [{"name": "ns", "createdAt": "2026-11-29T22:39:24.123Z", "ttlSecond": 3600}, …]
+ * ("ttlSecond" only when a TTL is set and non-zero). Empty array when there are none. */
+int store_ns_list(struct store *s, const char *account, json_t **ret_array);
+
+/* Deletes the namespace with all its sessions, properties and its TTL. Deleting one that does
+ * not exist succeeds. */
+int store_ns_delete(struct store *s, const char *account, const char *ns);
+
+/* ---- Properties ---- */
+
+/* All live properties of the session as a new JSON object (name → value); {} when it has none
+ * or does not exist. include: NULL for all, else a NULL-terminated list of names to return
+ * (names not present are left out). ret_etag (may be NULL) gets the session's ETag, or "" when
+ * the session does not exist. */
+int store_props_get(struct store *s, const char *account, const char *ns, const char *sid,
+                    const char *const *include, int64_t now_ms, json_t **ret_object,
+                    char ret_etag[STORE_ETAG_MAX]);
+
+/* One property's value as compact JSON text (malloc'ed, NUL-terminated; length in *ret_len,
+ * which may be NULL). The text may contain "\u0000" escapes but never a raw NUL byte.
+ * -ENOENT when the property is missing or expired. ret_etag (may be NULL) gets its ETag. */
+int store_prop_get(struct store *s, const char *account, const char *ns, const char *sid,
+                   const char *name, int64_t now_ms, char **ret_json, size_t *ret_len,
+                   char ret_etag[STORE_ETAG_MAX]);
+
+/* Upserts every member of the JSON object `props` into the session (others stay), creating
+ * namespace and session as needed, all in one transaction. if_match is compared with the
+ * session's ETag. ret_etag (may be NULL) gets the session's new ETag. */
+int store_props_merge(struct store *s, const char *account, const char *ns, const char *sid,
+                      const json_t *props, const char *if_match, int64_t now_ms,
+                      char ret_etag[STORE_ETAG_MAX]);
+
+/* Sets one property to any JSON value, creating namespace and session as needed. if_match is
+ * compared with the property's ETag. ret_etag (may be NULL) gets the property's new ETag. */
+int store_prop_put(struct store *s, const char *account, const char *ns, const char *sid,
+                   const char *name, const json_t *value, const char *if_match, int64_t now_ms,
+                   char ret_etag[STORE_ETAG_MAX]);
+
+/* Deletes one property; deleting a missing one succeeds (unless if_match is given, which then
+ * fails with -ECANCELED). if_match is compared with the property's ETag. */
+int store_prop_delete(struct store *s, const char *account, const char *ns, const char *sid,
+                      const char *name, const char *if_match, int64_t now_ms);
+
+/* Deletes all properties of the session but keeps the session and its TTL. if_match is
+ * compared with the session's ETag. Succeeds on a missing session (without if_match). */
+int store_props_clear(struct store *s, const char *account, const char *ns, const char *sid,
+                      const char *if_match, int64_t now_ms);
+
+/* ---- Sessions ---- */
+
+/* Live session ids of the namespace as a new JSON array of strings, "__default__" first
+ * when it exists, then ordered by id; page (≥ 0) of per_page (1…1000) entries. */
+int store_session_ids(struct store *s, const char *account, const char *ns, int64_t page,
+                      int64_t per_page, int64_t now_ms, json_t **ret_array);
+
+/* Same paging and order as store_session_ids, as
+ * [{"sessionId": "sid", "properties": {…}}, …] with each session's live properties. */
+int store_session_props(struct store *s, const char *account, const char *ns, int64_t page,
+                        int64_t per_page, int64_t now_ms, json_t **ret_array);
+
+/* Creates the session (and namespace) if missing and sets its TTL: ttl_s ≥ 0 (0 = forever);
+ * ttl_s < 0 leaves it inheriting the namespace's. Idempotent. */
+int store_session_create(struct store *s, const char *account, const char *ns, const char *sid,
+                         int64_t ttl_s, int64_t now_ms);
+
+/* Live sessions of the namespace, ordered as store_session_ids, as
+ * [{"sessionId": "sid", "createdAt": "2026-…Z", "ttlSecond": N}, …] where ttlSecond is the
+ * effective TTL (own, else the namespace's, else 0). */
+int store_session_list(struct store *s, const char *account, const char *ns, int64_t now_ms,
+                       json_t **ret_array);
+
+/* Deletes the session and its properties. Deleting a missing one succeeds. */
+int store_session_delete(struct store *s, const char *account, const char *ns, const char *sid);
+
+/* ---- Maintenance ---- */
+
+/* Deletes expired properties and sessions (as judged at now_ms), in bounded batches so
+ * writers are not blocked for long. *ret_deleted (may be NULL) gets the number of rows
+ * deleted. */
+int store_sweep(struct store *s, int64_t now_ms, int64_t *ret_deleted);
+
+/* Formats a Unix epoch in milliseconds as "YYYY-MM-DDTHH:MM:SS.mmmZ" (UTC) into out (≥ 25
+ * bytes). Shared by the backends so every backend prints times alike. */
+void store_format_time(int64_t ms, char out[32]);
+
+#endif
