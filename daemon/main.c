@@ -199,7 +199,7 @@ static int cmd_apikey_create(const struct config *cfg, const char *account)
 int main(int argc, char **argv)
 {
         struct config *cfg = NULL;
-        struct args a;
+        struct args a = {0};
         int r;
 
         r = parse_args(argc, argv, &a);

@@ -1,0 +1,482 @@
+/* The public face of the store: checks every argument against the store's own limits (so a
+ * backend never sees a NULL, an over-long or non-UTF-8 name, a negative time or an absurd TTL),
+ * maps a NULL session id to STORE_DEFAULT_SESSION, and dispatches to the backend's operation
+ * table. Also the helpers all backends share: ETag text, If-Match matching, time format. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ctxhookd/cleanup.h"
+#include "ctxhookd/store.h"
+#include "store_backend.h"
+
+/* The backends this build knows; the first is the default. A new backend is one more line. */
+static const struct store_ops *const backends[] = {
+    &store_sqlite_ops,
+};
+
+/* Whether s[0..len) is well-formed UTF-8 (no overlongs, surrogates or code points past
+ * U+10FFFF): names end up as JSON strings, which jansson refuses otherwise. */
+static bool utf8_valid(const char *str, size_t len)
+{
+        const unsigned char *p = (const unsigned char *)str, *end = p + len;
+
+        while (p < end) {
+                unsigned c = *p;
+                size_t n;
+                uint32_t cp;
+
+                if (c < 0x80) {
+                        p++;
+                        continue;
+                }
+                if (c >= 0xC2 && c <= 0xDF) {
+                        n = 1;
+                        cp = c & 0x1F;
+                } else if (c >= 0xE0 && c <= 0xEF) {
+                        n = 2;
+                        cp = c & 0x0F;
+                } else if (c >= 0xF0 && c <= 0xF4) {
+                        n = 3;
+                        cp = c & 0x07;
+                } else {
+                        return false;
+                }
+                if ((size_t)(end - p) <= n)
+                        return false;
+                for (size_t i = 1; i <= n; i++) {
+                        if ((p[i] & 0xC0) != 0x80)
+                                return false;
+                        cp = cp << 6 | (p[i] & 0x3F);
+                }
+                if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+                    (cp >= 0xD800 && cp <= 0xDFFF))
+                        return false;
+                p += n + 1;
+        }
+        return true;
+}
+
+/* A name the store can hold: present, at most max bytes, valid UTF-8. */
+static int check_name(const char *name, size_t max)
+{
+        size_t len;
+
+        if (!name)
+                return -EINVAL;
+        len = strnlen(name, max + 1);
+        if (len > max)
+                return -EINVAL;
+        if (!utf8_valid(name, len))
+                return -EINVAL;
+        return 0;
+}
+
+static int check_scope(struct store *s, const char *account, const char *ns, int64_t now_ms)
+{
+        int rc;
+
+        if (!s || now_ms < 0)
+                return -EINVAL;
+        rc = check_name(account, STORE_ACCOUNT_MAX);
+        if (rc < 0)
+                return rc;
+        if (ns) {
+                rc = check_name(ns, STORE_NAMESPACE_MAX);
+                if (rc < 0)
+                        return rc;
+        }
+        return 0;
+}
+
+/* Checks account, namespace and session id, turning a NULL session into the default one. */
+static int check_session(struct store *s, const char *account, const char *ns, const char **sid,
+                         int64_t now_ms)
+{
+        int rc;
+
+        if (!ns)
+                return -EINVAL;
+        rc = check_scope(s, account, ns, now_ms);
+        if (rc < 0)
+                return rc;
+        if (!*sid)
+                *sid = STORE_DEFAULT_SESSION;
+        return check_name(*sid, STORE_NAME_MAX);
+}
+
+static int check_ttl(int64_t ttl_s)
+{
+        return ttl_s > STORE_TTL_S_MAX ? -EINVAL : 0;
+}
+
+/* page/per_page → offset/limit; *ret_empty when the page lies beyond anything storable. */
+static int check_page(int64_t page, int64_t per_page, int64_t *ret_offset, bool *ret_empty)
+{
+        if (page < 0 || per_page < 1 || per_page > 1000)
+                return -EINVAL;
+        if (page > INT64_MAX / per_page) {
+                *ret_empty = true;
+                *ret_offset = 0;
+                return 0;
+        }
+        *ret_empty = false;
+        *ret_offset = page * per_page;
+        return 0;
+}
+
+void store_etag_format(uint64_t tag, char out[STORE_ETAG_MAX])
+{
+        snprintf(out, STORE_ETAG_MAX, "\"%016" PRIx64 "\"", tag);
+}
+
+bool store_etag_matches(const char *if_match, const char *etag)
+{
+        size_t etag_len = strlen(etag);
+        const char *p = if_match;
+
+        if (etag_len < 2)
+                return false;
+        while (*p) {
+                const char *start, *end;
+
+                while (*p == ' ' || *p == '\t' || *p == ',')
+                        p++;
+                if (!*p)
+                        break;
+                start = p;
+                if (*p == '"') {
+                        end = strchr(p + 1, '"');
+                        end = end ? end + 1 : p + strlen(p);
+                } else {
+                        end = p + strcspn(p, ",");
+                        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+                                end--;
+                }
+                if (end - start == 1 && *start == '*')
+                        return true;
+                if ((size_t)(end - start) == etag_len && memcmp(start, etag, etag_len) == 0)
+                        return true;
+                /* Tolerate a client that drops the quotes; never a weak tag (starts "W/"). */
+                if (*start != '"' && *start != 'W' && (size_t)(end - start) == etag_len - 2 &&
+                    memcmp(start, etag + 1, etag_len - 2) == 0)
+                        return true;
+                p = end;
+                p += strcspn(p, ",");
+        }
+        return false;
+}
+
+void store_format_time(int64_t ms, char out[32])
+{
+        int64_t secs = ms / 1000, milli = ms % 1000;
+        struct tm tm;
+        size_t len;
+        time_t t;
+
+        if (milli < 0) {
+                milli += 1000;
+                secs -= 1;
+        }
+        t = (time_t)secs;
+        if (!gmtime_r(&t, &tm)) {
+                snprintf(out, 32, "1970-01-01T00:00:00.000Z");
+                return;
+        }
+        /* strftime keeps the compiler's format-length checks happy about tm's field ranges. */
+        len = strftime(out, 32 - 6, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(out + len, 32 - len, ".%03uZ", (unsigned)milli % 1000);
+}
+
+int store_open(const struct store_options *opts, struct store **ret, struct ch_error *err)
+{
+        const struct store_ops *ops = backends[0];
+        _cleanup_free_ struct store *s = NULL;
+        int rc;
+
+        if (!opts || !ret || !opts->path || !*opts->path) {
+                ch_error_set(err, "store: no database path given");
+                return -EINVAL;
+        }
+        if (opts->pool_size < 1 || opts->pool_size > 1024 || opts->busy_timeout_ms < 0) {
+                ch_error_set(err, "store %s: pool_size must be 1..1024 and busy_timeout_ms >= 0",
+                             opts->path);
+                return -EINVAL;
+        }
+        s = calloc(1, sizeof(*s));
+        if (!s) {
+                ch_error_set(err, "store %s: out of memory", opts->path);
+                return -ENOMEM;
+        }
+        s->ops = ops;
+        rc = ops->open(opts, &s->impl, err);
+        if (rc < 0)
+                return rc;
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+struct store *store_close(struct store *s)
+{
+        if (!s)
+                return NULL;
+        s->ops->close(s->impl);
+        free(s);
+        return NULL;
+}
+
+int store_ping(struct store *s)
+{
+        if (!s)
+                return -EINVAL;
+        return s->ops->ping(s->impl);
+}
+
+int store_schema_version(struct store *s, int *ret_version)
+{
+        if (!s || !ret_version)
+                return -EINVAL;
+        return s->ops->schema_version(s->impl, ret_version);
+}
+
+int store_key_set(struct store *s, const char *account,
+                  const unsigned char hash[STORE_KEY_HASH_LEN], int64_t now_ms)
+{
+        int rc = check_scope(s, account, NULL, now_ms);
+        if (rc < 0)
+                return rc;
+        if (!hash)
+                return -EINVAL;
+        return s->ops->key_set(s->impl, account, hash, now_ms);
+}
+
+int store_key_get(struct store *s, const char *account, unsigned char ret_hash[STORE_KEY_HASH_LEN])
+{
+        int rc = check_scope(s, account, NULL, 0);
+        if (rc < 0)
+                return rc;
+        if (!ret_hash)
+                return -EINVAL;
+        return s->ops->key_get(s->impl, account, ret_hash);
+}
+
+int store_ns_create(struct store *s, const char *account, const char *ns, int64_t ttl_s,
+                    int64_t now_ms)
+{
+        int rc;
+
+        if (!ns)
+                return -EINVAL;
+        rc = check_scope(s, account, ns, now_ms);
+        if (rc < 0)
+                return rc;
+        rc = check_ttl(ttl_s);
+        if (rc < 0)
+                return rc;
+        return s->ops->ns_create(s->impl, account, ns, ttl_s, now_ms);
+}
+
+int store_ns_list(struct store *s, const char *account, json_t **ret_array)
+{
+        int rc = check_scope(s, account, NULL, 0);
+        if (rc < 0)
+                return rc;
+        if (!ret_array)
+                return -EINVAL;
+        return s->ops->ns_list(s->impl, account, ret_array);
+}
+
+int store_ns_delete(struct store *s, const char *account, const char *ns)
+{
+        int rc;
+
+        if (!ns)
+                return -EINVAL;
+        rc = check_scope(s, account, ns, 0);
+        if (rc < 0)
+                return rc;
+        return s->ops->ns_delete(s->impl, account, ns);
+}
+
+int store_props_get(struct store *s, const char *account, const char *ns, const char *sid,
+                    const char *const *include, int64_t now_ms, json_t **ret_object,
+                    char ret_etag[STORE_ETAG_MAX])
+{
+        int rc = check_session(s, account, ns, &sid, now_ms);
+        if (rc < 0)
+                return rc;
+        if (!ret_object)
+                return -EINVAL;
+        return s->ops->props_get(s->impl, account, ns, sid, include, now_ms, ret_object, ret_etag);
+}
+
+int store_prop_get(struct store *s, const char *account, const char *ns, const char *sid,
+                   const char *name, int64_t now_ms, char **ret_json, size_t *ret_len,
+                   char ret_etag[STORE_ETAG_MAX])
+{
+        int rc = check_session(s, account, ns, &sid, now_ms);
+        if (rc < 0)
+                return rc;
+        rc = check_name(name, STORE_NAME_MAX);
+        if (rc < 0)
+                return rc;
+        if (!ret_json)
+                return -EINVAL;
+        return s->ops->prop_get(s->impl, account, ns, sid, name, now_ms, ret_json, ret_len,
+                                ret_etag);
+}
+
+int store_props_merge(struct store *s, const char *account, const char *ns, const char *sid,
+                      const json_t *props, const char *if_match, int64_t now_ms,
+                      char ret_etag[STORE_ETAG_MAX])
+{
+        const char *key;
+        size_t key_len;
+        json_t *value;
+        int rc;
+
+        rc = check_session(s, account, ns, &sid, now_ms);
+        if (rc < 0)
+                return rc;
+        if (!json_is_object(props))
+                return -EINVAL;
+        /* Refuse the whole object before touching anything; the backend checks again inside
+         * its transaction, so even a check missed here cannot leave half a merge behind. */
+        json_object_keylen_foreach((json_t *)props, key, key_len, value)
+        {
+                if (key_len > STORE_NAME_MAX || strlen(key) != key_len || !utf8_valid(key, key_len))
+                        return -EINVAL;
+        }
+        return s->ops->props_merge(s->impl, account, ns, sid, props, if_match, now_ms, ret_etag);
+}
+
+int store_prop_put(struct store *s, const char *account, const char *ns, const char *sid,
+                   const char *name, const json_t *value, const char *if_match, int64_t now_ms,
+                   char ret_etag[STORE_ETAG_MAX])
+{
+        int rc = check_session(s, account, ns, &sid, now_ms);
+        if (rc < 0)
+                return rc;
+        rc = check_name(name, STORE_NAME_MAX);
+        if (rc < 0)
+                return rc;
+        if (!value)
+                return -EINVAL;
+        return s->ops->prop_put(s->impl, account, ns, sid, name, value, if_match, now_ms, ret_etag);
+}
+
+int store_prop_delete(struct store *s, const char *account, const char *ns, const char *sid,
+                      const char *name, const char *if_match, int64_t now_ms)
+{
+        int rc = check_session(s, account, ns, &sid, now_ms);
+        if (rc < 0)
+                return rc;
+        rc = check_name(name, STORE_NAME_MAX);
+        if (rc < 0)
+                return rc;
+        return s->ops->prop_delete(s->impl, account, ns, sid, name, if_match, now_ms);
+}
+
+int store_props_clear(struct store *s, const char *account, const char *ns, const char *sid,
+                      const char *if_match, int64_t now_ms)
+{
+        int rc = check_session(s, account, ns, &sid, now_ms);
+        if (rc < 0)
+                return rc;
+        return s->ops->props_clear(s->impl, account, ns, sid, if_match, now_ms);
+}
+
+int store_session_ids(struct store *s, const char *account, const char *ns, int64_t page,
+                      int64_t per_page, int64_t now_ms, json_t **ret_array)
+{
+        int64_t offset;
+        bool empty;
+        json_t *a;
+        int rc;
+
+        if (!ns || !ret_array)
+                return -EINVAL;
+        rc = check_scope(s, account, ns, now_ms);
+        if (rc < 0)
+                return rc;
+        rc = check_page(page, per_page, &offset, &empty);
+        if (rc < 0)
+                return rc;
+        if (empty) {
+                a = json_array();
+                if (!a)
+                        return -ENOMEM;
+                *ret_array = a;
+                return 0;
+        }
+        return s->ops->session_ids(s->impl, account, ns, offset, per_page, now_ms, ret_array);
+}
+
+int store_session_props(struct store *s, const char *account, const char *ns, int64_t page,
+                        int64_t per_page, int64_t now_ms, json_t **ret_array)
+{
+        int64_t offset;
+        bool empty;
+        json_t *a;
+        int rc;
+
+        if (!ns || !ret_array)
+                return -EINVAL;
+        rc = check_scope(s, account, ns, now_ms);
+        if (rc < 0)
+                return rc;
+        rc = check_page(page, per_page, &offset, &empty);
+        if (rc < 0)
+                return rc;
+        if (empty) {
+                a = json_array();
+                if (!a)
+                        return -ENOMEM;
+                *ret_array = a;
+                return 0;
+        }
+        return s->ops->session_props(s->impl, account, ns, offset, per_page, now_ms, ret_array);
+}
+
+int store_session_create(struct store *s, const char *account, const char *ns, const char *sid,
+                         int64_t ttl_s, int64_t now_ms)
+{
+        int rc = check_session(s, account, ns, &sid, now_ms);
+        if (rc < 0)
+                return rc;
+        rc = check_ttl(ttl_s);
+        if (rc < 0)
+                return rc;
+        return s->ops->session_create(s->impl, account, ns, sid, ttl_s, now_ms);
+}
+
+int store_session_list(struct store *s, const char *account, const char *ns, int64_t now_ms,
+                       json_t **ret_array)
+{
+        int rc;
+
+        if (!ns || !ret_array)
+                return -EINVAL;
+        rc = check_scope(s, account, ns, now_ms);
+        if (rc < 0)
+                return rc;
+        return s->ops->session_list(s->impl, account, ns, now_ms, ret_array);
+}
+
+int store_session_delete(struct store *s, const char *account, const char *ns, const char *sid)
+{
+        int rc = check_session(s, account, ns, &sid, 0);
+        if (rc < 0)
+                return rc;
+        return s->ops->session_delete(s->impl, account, ns, sid);
+}
+
+int store_sweep(struct store *s, int64_t now_ms, int64_t *ret_deleted)
+{
+        if (!s || now_ms < 0)
+                return -EINVAL;
+        return s->ops->sweep(s->impl, now_ms, ret_deleted);
+}

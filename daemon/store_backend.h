@@ -1,0 +1,89 @@
+/* The private contract between store.c and a storage backend. store.c checks every argument
+ * (NULLs, lengths, UTF-8, ranges) and maps a NULL session id to STORE_DEFAULT_SESSION, so a
+ * backend receives only well-formed input and implements the semantics of include/ctxhookd/
+ * store.h: TTL, ETags, If-Match, one transaction per write. Adding a backend means one new file
+ * with a `struct store_ops` and one line in store.c's backend table; no caller changes. */
+#ifndef CTXHOOKD_STORE_BACKEND_H
+#define CTXHOOKD_STORE_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ctxhookd/store.h"
+
+/* One entry per public store_* operation. `impl` is what open() returned. Every function
+ * returns 0 or a negative errno code with the meaning documented in store.h. */
+struct store_ops {
+        const char *name;
+        int (*open)(const struct store_options *opts, void **ret_impl, struct ch_error *err);
+        void (*close)(void *impl);
+        int (*ping)(void *impl);
+        int (*schema_version)(void *impl, int *ret_version);
+
+        int (*key_set)(void *impl, const char *account,
+                       const unsigned char hash[STORE_KEY_HASH_LEN], int64_t now_ms);
+        int (*key_get)(void *impl, const char *account, unsigned char ret_hash[STORE_KEY_HASH_LEN]);
+
+        int (*ns_create)(void *impl, const char *account, const char *ns, int64_t ttl_s,
+                         int64_t now_ms);
+        int (*ns_list)(void *impl, const char *account, json_t **ret_array);
+        int (*ns_delete)(void *impl, const char *account, const char *ns);
+
+        int (*props_get)(void *impl, const char *account, const char *ns, const char *sid,
+                         const char *const *include, int64_t now_ms, json_t **ret_object,
+                         char ret_etag[STORE_ETAG_MAX]);
+        int (*prop_get)(void *impl, const char *account, const char *ns, const char *sid,
+                        const char *name, int64_t now_ms, char **ret_json, size_t *ret_len,
+                        char ret_etag[STORE_ETAG_MAX]);
+        int (*props_merge)(void *impl, const char *account, const char *ns, const char *sid,
+                           const json_t *props, const char *if_match, int64_t now_ms,
+                           char ret_etag[STORE_ETAG_MAX]);
+        int (*prop_put)(void *impl, const char *account, const char *ns, const char *sid,
+                        const char *name, const json_t *value, const char *if_match, int64_t now_ms,
+                        char ret_etag[STORE_ETAG_MAX]);
+        int (*prop_delete)(void *impl, const char *account, const char *ns, const char *sid,
+                           const char *name, const char *if_match, int64_t now_ms);
+        int (*props_clear)(void *impl, const char *account, const char *ns, const char *sid,
+                           const char *if_match, int64_t now_ms);
+
+        /* offset = page * per_page, already checked not to overflow. */
+        int (*session_ids)(void *impl, const char *account, const char *ns, int64_t offset,
+                           int64_t limit, int64_t now_ms, json_t **ret_array);
+        int (*session_props)(void *impl, const char *account, const char *ns, int64_t offset,
+                             int64_t limit, int64_t now_ms, json_t **ret_array);
+        int (*session_create)(void *impl, const char *account, const char *ns, const char *sid,
+                              int64_t ttl_s, int64_t now_ms);
+        int (*session_list)(void *impl, const char *account, const char *ns, int64_t now_ms,
+                            json_t **ret_array);
+        int (*session_delete)(void *impl, const char *account, const char *ns, const char *sid);
+
+        int (*sweep)(void *impl, int64_t now_ms, int64_t *ret_deleted);
+};
+
+struct store {
+        const struct store_ops *ops;
+        void *impl;
+};
+
+extern const struct store_ops store_sqlite_ops;
+
+/* Whether a thing of TTL ttl_s (0 = forever) last written at updated_ms is still live at
+ * now_ms. The one definition of liveness every backend applies. store.c refuses negative
+ * times and TTLs above STORE_TTL_S_MAX, so neither the difference nor the product overflows. */
+static inline bool store_is_live(int64_t updated_ms, int64_t ttl_s, int64_t now_ms)
+{
+        return ttl_s <= 0 || now_ms - updated_ms < ttl_s * 1000;
+}
+
+/* The largest TTL (seconds) the store accepts: TTLs are compared in milliseconds as int64. */
+#define STORE_TTL_S_MAX (INT64_MAX / 1000)
+
+/* Writes the quoted ETag text of a 64-bit tag value into out. */
+void store_etag_format(uint64_t tag, char out[STORE_ETAG_MAX]);
+
+/* Whether an If-Match header value (one tag, a comma-separated list, or "*") matches the
+ * current ETag of an existing thing. Weak tags (W/"…") never match, as RFC 9110 requires of
+ * If-Match's strong comparison. */
+bool store_etag_matches(const char *if_match, const char *etag);
+
+#endif
