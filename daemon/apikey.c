@@ -10,20 +10,20 @@
 
 int apikey_generate(char out[APIKEY_TEXT_LEN + 1])
 {
+        /* Letters and digits only, like LivePerson's own keys: nothing a shell or a header
+         * parser treats specially, and never a leading '-'. */
         static const char alphabet[] =
-            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        unsigned char raw[APIKEY_RANDOM_BYTES];
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        unsigned char raw[64];
         size_t o = 0;
 
-        if (RAND_bytes(raw, sizeof(raw)) != 1)
-                return -EIO;
-        /* base64url without padding: 3 bytes → 4 characters. */
-        for (size_t i = 0; i < sizeof(raw); i += 3) {
-                unsigned v = (unsigned)raw[i] << 16 | (unsigned)raw[i + 1] << 8 | raw[i + 2];
-                out[o++] = alphabet[(v >> 18) & 63];
-                out[o++] = alphabet[(v >> 12) & 63];
-                out[o++] = alphabet[(v >> 6) & 63];
-                out[o++] = alphabet[v & 63];
+        while (o < APIKEY_TEXT_LEN) {
+                if (RAND_bytes(raw, sizeof(raw)) != 1)
+                        return -EIO;
+                /* Rejection sampling keeps every character uniform: 248 = 4 * 62. */
+                for (size_t i = 0; i < sizeof(raw) && o < APIKEY_TEXT_LEN; i++)
+                        if (raw[i] < 248)
+                                out[o++] = alphabet[raw[i] % 62];
         }
         out[o] = '\0';
         OPENSSL_cleanse(raw, sizeof(raw));

@@ -15,10 +15,27 @@ Test(apikey, generated_keys_are_long_random_and_urlsafe)
         cr_assert_eq(apikey_generate(b), 0);
         cr_assert_eq(strlen(a), APIKEY_TEXT_LEN);
         cr_assert_str_neq(a, b);
-        cr_assert_eq(strspn(a, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"),
+        cr_assert_eq(strspn(a, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"),
                      APIKEY_TEXT_LEN);
-        /* At least 128 bits of randomness: 32 base64 characters carry 192. */
-        cr_assert_geq(APIKEY_RANDOM_BYTES * 8, 128);
+        /* At least 128 bits of randomness: 32 characters of 62 carry 190. */
+        cr_assert_geq(APIKEY_TEXT_LEN * 5.95, 128);
+}
+
+Test(apikey, characters_are_spread_over_the_alphabet)
+{
+        /* 2000 keys = 64000 characters: each of 62 symbols expected ~1032 times. A biased or
+         * truncated alphabet (e.g. modulo bias, or digits never drawn) shows up at once. */
+        unsigned counts[256] = {0};
+        char k[APIKEY_TEXT_LEN + 1];
+
+        for (int i = 0; i < 2000; i++) {
+                cr_assert_eq(apikey_generate(k), 0);
+                for (int j = 0; j < APIKEY_TEXT_LEN; j++)
+                        counts[(unsigned char)k[j]]++;
+        }
+        for (const char *c = "AZaz09"; *c; c++)
+                cr_assert(counts[(unsigned char)*c] > 800 && counts[(unsigned char)*c] < 1300,
+                          "'%c' drawn %u times", *c, counts[(unsigned char)*c]);
 }
 
 Test(apikey, hash_is_sha256)
