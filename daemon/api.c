@@ -1,0 +1,1307 @@
+/* The HTTP server of ctxhookd on libmicrohttpd: the Context API (LivePerson Context Session
+ * Store v1 compatible), /healthz, /readyz and /metrics. Every request runs the same checks in
+ * the same order, each answering on its own: route (404) → method (405 + Allow) → API key
+ * (403) → declared body size (413) → path and query parameters (400) → body (413 while
+ * reading, then 400) → store call (412/503/…). Answers are queued on MHD's last callback of
+ * a request, which keeps keep-alive connections open; POST/PUT/PATCH are also checked on the
+ * first one, so a refusal never reads the body. Per-request state lives in a per-connection
+ * context, so a request allocates nothing but its response. Every error is JSON
+ * {"message": "..."} naming what was wrong; every answer is counted in the metrics, and 5xx
+ * answers are logged once (method, path, reason; never keys or bodies). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ctxhookd/api.h"
+#include "ctxhookd/apikey.h"
+#include "ctxhookd/buf.h"
+#include "ctxhookd/cleanup.h"
+#include "ctxhookd/log.h"
+#include "ctxhookd/names.h"
+#include "ctxhookd/route.h"
+
+#define API_KEY_HEADER       "maven-api-key"
+#define CONTENT_TYPE_JSON    "application/json"
+#define CONTENT_TYPE_METRICS "text/plain; version=0.0.4"
+#define TTL_MAX              2147483647
+#define PAGE_MAX             2147483647
+#define PER_PAGE_MAX         1000
+#define PER_PAGE_DEFAULT     100
+#define INCLUDE_MAX          100
+#define PATCH_MEMBERS_MAX    1000
+#define MESSAGE_MAX          1024
+#define SHOW_MAX             160         /* bytes of a client-supplied value quoted in a message */
+#define SESSION_DESC_MAX     384         /* describe_session(): two quoted names and words */
+#define PROP_DESC_MAX        640         /* describe_prop(): one more name */
+#define METRICS_MAX          (16u << 20) /* an exposition larger than this is a bug, not a scrape */
+#define STOP_WAIT_MS         10000       /* how long api_stop lets requests in flight finish */
+#define STOP_POLL_MS         10
+
+struct api {
+        struct MHD_Daemon *daemon;
+        struct store *store;
+        struct metrics *metrics;
+        size_t max_body;
+        unsigned port;
+        atomic_uint in_flight; /* requests whose handler ran and that MHD has not completed */
+        atomic_bool stopping;  /* answers then carry Connection: close */
+        atomic_bool starting;  /* MHD's messages go to start_error instead of the log */
+        char start_error[256];
+};
+
+/* Per connection (allocated when MHD accepts it), reused by each request on it, so the
+ * request path allocates nothing of its own: a request's fields are reset when its request
+ * line arrives (api_request_started) and its body is freed on MHD's completion notice. */
+struct request {
+        struct timespec start;
+        enum route_method method;
+        struct buf body;  /* POST/PUT/PATCH only */
+        size_t received;  /* bytes of body seen, including those dropped */
+        int64_t ttl;      /* ttlSecond of a POST; -1 when absent */
+        bool too_big;     /* body went over max_body: drain, then answer 413 */
+        bool nul_in_path; /* the raw path had "%00", which MHD decodes into a cut */
+        bool first_call;
+        bool answered;
+};
+
+/* What one callback knows about its request; on the stack. */
+struct call {
+        struct api *api;
+        struct MHD_Connection *conn;
+        const char *method;
+        const char *url;
+        struct timespec start;
+        enum MHD_Result result;
+};
+
+/* ---- small helpers ---- */
+
+static int64_t now_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double seconds_since(const struct timespec *start)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)(ts.tv_sec - start->tv_sec) + (double)(ts.tv_nsec - start->tv_nsec) / 1e9;
+}
+
+/* Length of the valid UTF-8 sequence at p (at most left bytes), 0 when invalid. */
+static size_t utf8_len(const unsigned char *p, size_t left)
+{
+        unsigned cp, min;
+        size_t n;
+
+        if (p[0] < 0x80)
+                return 1;
+        if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+                n = 2, cp = p[0] & 0x1f, min = 0x80;
+        } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+                n = 3, cp = p[0] & 0x0f, min = 0x800;
+        } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+                n = 4, cp = p[0] & 0x07, min = 0x10000;
+        } else {
+                return 0;
+        }
+        if (left < n)
+                return 0;
+        for (size_t i = 1; i < n; i++) {
+                if ((p[i] & 0xc0) != 0x80)
+                        return 0;
+                cp = cp << 6 | (p[i] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+                return 0;
+        return n;
+}
+
+/* Copies s into out (size ≥ 8) as printable UTF-8, so client-supplied names can be quoted in
+ * JSON messages and log lines: control characters and bytes that are not UTF-8 become
+ * "\xNN", and text that does not fit is cut with "...". */
+static void printable(const char *s, size_t len, char *out, size_t size)
+{
+        const unsigned char *p = (const unsigned char *)s;
+        size_t o = 0, room = size - 4; /* keep space for "..." and the NUL */
+
+        for (size_t i = 0; i < len;) {
+                size_t n = utf8_len(p + i, len - i);
+
+                if (n == 1 && (p[i] < 0x20 || p[i] == 0x7f))
+                        n = 0;
+                if (n == 0) {
+                        if (o + 4 > room)
+                                goto cut;
+                        snprintf(out + o, 5, "\\x%02x", p[i]);
+                        o += 4;
+                        i++;
+                        continue;
+                }
+                if (o + n > room)
+                        goto cut;
+                memcpy(out + o, p + i, n);
+                o += n;
+                i += n;
+        }
+        out[o] = '\0';
+        return;
+cut:
+        memcpy(out + o, "...", 4);
+}
+
+/* A decimal integer in [min, max]: digits only, no sign, no blanks. */
+static int parse_decimal(const char *s, size_t len, int64_t min, int64_t max, int64_t *ret)
+{
+        int64_t v = 0;
+
+        if (!s || len == 0)
+                return -EINVAL;
+        for (size_t i = 0; i < len; i++) {
+                if (s[i] < '0' || s[i] > '9')
+                        return -EINVAL;
+                if (v > (max - (s[i] - '0')) / 10)
+                        return -ERANGE;
+                v = v * 10 + (s[i] - '0');
+        }
+        if (v < min)
+                return -ERANGE;
+        *ret = v;
+        return 0;
+}
+
+static const char *header(struct call *c, const char *name)
+{
+        return MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, name);
+}
+
+/* ---- answering ---- */
+
+/* Queues resp (taking it) with status, counts the request and logs a 5xx with why. A NULL
+ * resp means building it failed: the connection is dropped (MHD_NO). */
+static enum MHD_Result answer(struct call *c, unsigned status, struct MHD_Response *resp,
+                              const char *why)
+{
+        enum MHD_Result r = MHD_NO;
+
+        if (!resp) {
+                status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+                why = "out of memory building the response";
+        } else {
+                if (atomic_load_explicit(&c->api->stopping, memory_order_relaxed))
+                        (void)MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+                r = MHD_queue_response(c->conn, status, resp);
+                MHD_destroy_response(resp);
+        }
+        metrics_http_request(c->api->metrics, status, seconds_since(&c->start));
+        if (status >= 500) {
+                char method[32], path[SHOW_MAX];
+
+                printable(c->method, strlen(c->method), method, sizeof(method));
+                printable(c->url, strlen(c->url), path, sizeof(path));
+                log_error("%s %s: %u %s", method, path, status, why ? why : "");
+        }
+        c->result = r;
+        return r;
+}
+
+/* A response over data (len bytes; mode as MHD's) with Content-Type and an optional ETag;
+ * NULL when out of memory (data is freed then if it was ours to free). */
+static struct MHD_Response *make_response(size_t len, void *data, enum MHD_ResponseMemoryMode mode,
+                                          const char *content_type, const char *etag)
+{
+        struct MHD_Response *resp = MHD_create_response_from_buffer(len, data, mode);
+
+        if (!resp) {
+                if (mode == MHD_RESPMEM_MUST_FREE)
+                        free(data);
+                return NULL;
+        }
+        if ((content_type && MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                                     content_type) != MHD_YES) ||
+            (etag && etag[0] &&
+             MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag) != MHD_YES)) {
+                MHD_destroy_response(resp);
+                return NULL;
+        }
+        return resp;
+}
+
+static enum MHD_Result answer_message(struct call *c, unsigned status, const char *allow,
+                                      const char *text)
+{
+        static const char oom[] = "{\"message\":\"out of memory\"}";
+        char msg[MESSAGE_MAX];
+        struct MHD_Response *resp;
+        json_t *o;
+        char *body;
+
+        printable(text, strlen(text), msg, sizeof(msg));
+        o = json_pack("{s:s}", "message", msg);
+        body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        if (body)
+                resp = make_response(strlen(body), body, MHD_RESPMEM_MUST_FREE, CONTENT_TYPE_JSON,
+                                     NULL);
+        else
+                resp = make_response(sizeof(oom) - 1, (void *)oom, MHD_RESPMEM_PERSISTENT,
+                                     CONTENT_TYPE_JSON, NULL);
+        if (resp && allow && MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow) != MHD_YES)
+                resp = (MHD_destroy_response(resp), NULL);
+        return answer(c, status, resp, msg);
+}
+
+static enum MHD_Result answer_error(struct call *c, unsigned status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static enum MHD_Result answer_error(struct call *c, unsigned status, const char *fmt, ...)
+{
+        char text[MESSAGE_MAX];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(text, sizeof(text), fmt, ap);
+        va_end(ap);
+        return answer_message(c, status, NULL, text);
+}
+
+/* 200 with v as compact JSON (v is released). */
+static enum MHD_Result answer_json(struct call *c, json_t *v, const char *etag)
+{
+        char *body = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+
+        json_decref(v);
+        if (!body)
+                return answer(c, 500, NULL, NULL);
+        return answer(
+            c, MHD_HTTP_OK,
+            make_response(strlen(body), body, MHD_RESPMEM_MUST_FREE, CONTENT_TYPE_JSON, etag),
+            NULL);
+}
+
+static enum MHD_Result answer_no_content(struct call *c, const char *etag)
+{
+        return answer(c, MHD_HTTP_NO_CONTENT,
+                      make_response(0, (void *)"", MHD_RESPMEM_PERSISTENT, NULL, etag), NULL);
+}
+
+/* "namespace 'ns'" or "namespace 'ns' session 'sid'", quoted printably, for messages. */
+static void describe_session(const struct route *rt, char *out, size_t size)
+{
+        char ns[SHOW_MAX], sid[SHOW_MAX];
+
+        printable(rt->ns, strlen(rt->ns), ns, sizeof(ns));
+        if (!rt->sid) {
+                snprintf(out, size, "namespace '%s'", ns);
+                return;
+        }
+        printable(rt->sid, strlen(rt->sid), sid, sizeof(sid));
+        snprintf(out, size, "namespace '%s' session '%s'", ns, sid);
+}
+
+/* Answers a failed store call; what names the thing addressed. */
+static enum MHD_Result answer_store_error(struct call *c, int r, const char *what)
+{
+        switch (r) {
+        case -ECANCELED:
+                return answer_error(c, MHD_HTTP_PRECONDITION_FAILED,
+                                    "If-Match precondition failed: %s has changed or does not "
+                                    "exist",
+                                    what);
+        case -EIO:
+                return answer_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "store unavailable");
+        case -EINVAL:
+                return answer_error(c, MHD_HTTP_BAD_REQUEST,
+                                    "the store refused %s: a name or value is beyond its limits",
+                                    what);
+        case -ENOENT:
+                return answer_error(c, MHD_HTTP_NOT_FOUND, "%s not found", what);
+        case -ENOMEM:
+                return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+        default:
+                return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR,
+                                    "unexpected store error on %s: %s", what, strerror(-r));
+        }
+}
+
+/* ---- checks; each returns 0 to go on, or answers and returns a negative code ---- */
+
+static int check_auth(struct call *c, const char *account)
+{
+        static const unsigned char no_key[STORE_KEY_HASH_LEN];
+        unsigned char hash[STORE_KEY_HASH_LEN];
+        const char *key = NULL;
+        size_t key_len = 0;
+        struct ch_error err;
+        char shown[SHOW_MAX];
+        int r;
+
+        if (MHD_lookup_connection_value_n(c->conn, MHD_HEADER_KIND, API_KEY_HEADER,
+                                          strlen(API_KEY_HEADER), &key, &key_len) != MHD_YES ||
+            !key) {
+                answer_error(c, MHD_HTTP_FORBIDDEN, "missing " API_KEY_HEADER " header");
+                return -EPERM;
+        }
+        /* The account is looked up by name, so its syntax is checked first: a malformed
+         * account is a 400 that says so, not an unexplained 403. */
+        r = names_check_account(account, &err);
+        if (r < 0) {
+                answer_error(c, MHD_HTTP_BAD_REQUEST, "%s", err.msg);
+                return r;
+        }
+        printable(account, strlen(account), shown, sizeof(shown));
+        if (key_len == 0 || key_len > APIKEY_MAX_LEN) {
+                answer_error(c, MHD_HTTP_FORBIDDEN, "invalid " API_KEY_HEADER " for account %s",
+                             shown);
+                return -EPERM;
+        }
+        r = store_key_get(c->api->store, account, hash);
+        if (r == -ENOENT) {
+                /* Hash anyway, so an unknown account costs what a wrong key does. */
+                (void)apikey_matches(no_key, key, key_len);
+                answer_error(c, MHD_HTTP_FORBIDDEN, "invalid " API_KEY_HEADER " for account %s",
+                             shown);
+                return -EPERM;
+        }
+        if (r < 0) {
+                answer_store_error(c, r, "the API key lookup");
+                return r;
+        }
+        if (!apikey_matches(hash, key, key_len)) {
+                answer_error(c, MHD_HTTP_FORBIDDEN, "invalid " API_KEY_HEADER " for account %s",
+                             shown);
+                return -EPERM;
+        }
+        return 0;
+}
+
+/* Refuses a declared Content-Length above max_body before any of the body is read. */
+static int check_content_length(struct call *c)
+{
+        const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        int64_t n;
+        int r;
+
+        if (!cl)
+                return 0;
+        r = parse_decimal(cl, strlen(cl), 0, INT64_MAX, &n);
+        if (r == 0 && (uint64_t)n <= c->api->max_body)
+                return 0;
+        /* Malformed lengths never get here: MHD answers them itself. */
+        answer_error(c, MHD_HTTP_CONTENT_TOO_LARGE,
+                     "request body of %s bytes exceeds the limit of %zu bytes", cl,
+                     c->api->max_body);
+        return -E2BIG;
+}
+
+static int check_names(struct call *c, const struct route *rt, const struct request *rq)
+{
+        struct ch_error err;
+        int r = 0;
+
+        if (rq->nul_in_path) {
+                answer_error(c, MHD_HTTP_BAD_REQUEST,
+                             "the path contains an encoded NUL byte (%%00), which no name may "
+                             "hold");
+                return -EINVAL;
+        }
+        if (rt->ns)
+                r = names_check_namespace(rt->ns, &err);
+        if (r == 0 && rt->sid)
+                r = names_check_name("session id", rt->sid, strlen(rt->sid), &err);
+        if (r == 0 && rt->prop)
+                r = names_check_name("property name", rt->prop, strlen(rt->prop), &err);
+        if (r < 0)
+                answer_error(c, MHD_HTTP_BAD_REQUEST, "%s", err.msg);
+        return r;
+}
+
+/* A decimal query parameter in [min, max]; *ret keeps its default when absent. */
+static int check_decimal_arg(struct call *c, const char *name, int64_t min, int64_t max,
+                             int64_t *ret)
+{
+        const char *v = NULL;
+        size_t len = 0;
+        char shown[SHOW_MAX];
+        int r;
+
+        if (MHD_lookup_connection_value_n(c->conn, MHD_GET_ARGUMENT_KIND, name, strlen(name), &v,
+                                          &len) != MHD_YES)
+                return 0;
+        r = parse_decimal(v, len, min, max, ret);
+        if (r < 0) {
+                printable(v ? v : "", v ? len : 0, shown, sizeof(shown));
+                answer_error(c, MHD_HTTP_BAD_REQUEST,
+                             "query parameter %s must be a decimal integer from %" PRId64
+                             " to %" PRId64 ", got '%s'",
+                             name, min, max, shown);
+        }
+        return r;
+}
+
+/* ?include=a,b → NULL-terminated names pointing into *ret_copy (free it); none → NULL. */
+static int check_include(struct call *c, char **ret_copy, const char *names[INCLUDE_MAX + 1])
+{
+        const char *v = NULL;
+        size_t len = 0, n = 0;
+        struct ch_error err;
+        char *copy, *p;
+        int r;
+
+        if (MHD_lookup_connection_value_n(c->conn, MHD_GET_ARGUMENT_KIND, "include",
+                                          strlen("include"), &v, &len) != MHD_YES)
+                return 0;
+        if (!v || len == 0) {
+                answer_error(c, MHD_HTTP_BAD_REQUEST,
+                             "query parameter include is empty: list 1 to %d property names "
+                             "separated by commas",
+                             INCLUDE_MAX);
+                return -EINVAL;
+        }
+        if (memchr(v, '\0', len)) {
+                answer_error(c, MHD_HTTP_BAD_REQUEST,
+                             "query parameter include: property name contains a NUL byte");
+                return -EINVAL;
+        }
+        copy = strndup(v, len);
+        if (!copy) {
+                answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+                return -ENOMEM;
+        }
+        for (p = copy;;) {
+                char *comma = strchr(p, ',');
+
+                if (comma)
+                        *comma = '\0';
+                if (n == INCLUDE_MAX) {
+                        free(copy);
+                        answer_error(c, MHD_HTTP_BAD_REQUEST,
+                                     "query parameter include lists more than %d property names",
+                                     INCLUDE_MAX);
+                        return -E2BIG;
+                }
+                r = names_check_name("property name", p, strlen(p), &err);
+                if (r < 0) {
+                        free(copy);
+                        answer_error(c, MHD_HTTP_BAD_REQUEST, "query parameter include: %s",
+                                     err.msg);
+                        return r;
+                }
+                names[n++] = p;
+                if (!comma)
+                        break;
+                p = comma + 1;
+        }
+        names[n] = NULL;
+        *ret_copy = copy;
+        return 0;
+}
+
+/* The request body as JSON; answers 400 itself. */
+static int parse_body(struct call *c, const struct buf *body, json_t **ret)
+{
+        json_error_t jerr;
+        json_t *v;
+
+        if (body->len == 0) {
+                answer_error(c, MHD_HTTP_BAD_REQUEST, "request body is empty");
+                return -EINVAL;
+        }
+        v = json_loadb(body->data, body->len,
+                       JSON_DECODE_ANY | JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, &jerr);
+        if (!v) {
+                answer_error(c, MHD_HTTP_BAD_REQUEST,
+                             "body is not valid JSON: %s at line %d column %d", jerr.text,
+                             jerr.line, jerr.column);
+                return -EINVAL;
+        }
+        *ret = v;
+        return 0;
+}
+
+/* A string member of a JSON object body and its length (it may hold NULs: callers decide);
+ * answers 400 itself. */
+static int body_string_member(struct call *c, json_t *body, const char *member, const char *what,
+                              const char **ret, size_t *ret_len)
+{
+        json_t *v = json_is_object(body) ? json_object_get(body, member) : NULL;
+
+        if (!json_is_string(v)) {
+                answer_error(c, MHD_HTTP_BAD_REQUEST,
+                             "body must be a JSON object with a string \"%s\" (the %s)", member,
+                             what);
+                return -EINVAL;
+        }
+        *ret = json_string_value(v);
+        *ret_len = json_string_length(v);
+        return 0;
+}
+
+/* ---- handlers, one per resource and method ---- */
+
+static enum MHD_Result get_account(struct call *c, const struct route *rt)
+{
+        json_t *list;
+        int r;
+
+        r = store_ns_list(c->api->store, rt->account, &list);
+        if (r < 0)
+                return answer_store_error(c, r, "the namespace list");
+        return answer_json(c, list, NULL);
+}
+
+static enum MHD_Result post_account(struct call *c, const struct route *rt, struct request *rq)
+{
+        json_t *body = NULL;
+        const char *ns;
+        size_t ns_len;
+        struct ch_error err;
+        char what[SHOW_MAX + 32];
+        int r;
+
+        r = parse_body(c, &rq->body, &body);
+        if (r < 0)
+                return c->result;
+        r = body_string_member(c, body, "name", "namespace", &ns, &ns_len);
+        if (r == 0 && strlen(ns) != ns_len) {
+                answer_error(c, MHD_HTTP_BAD_REQUEST, "namespace name contains a NUL character");
+                r = -EINVAL;
+        }
+        if (r == 0) {
+                r = names_check_namespace(ns, &err);
+                if (r < 0)
+                        answer_error(c, MHD_HTTP_BAD_REQUEST, "%s", err.msg);
+        }
+        if (r == 0) {
+                r = store_ns_create(c->api->store, rt->account, ns, rq->ttl, now_ms());
+                if (r < 0) {
+                        char shown[SHOW_MAX];
+
+                        printable(ns, ns_len, shown, sizeof(shown));
+                        snprintf(what, sizeof(what), "namespace '%s'", shown);
+                        answer_store_error(c, r, what);
+                } else {
+                        answer_no_content(c, NULL);
+                }
+        }
+        json_decref(body);
+        return c->result;
+}
+
+static enum MHD_Result delete_namespace(struct call *c, const struct route *rt)
+{
+        int r = store_ns_delete(c->api->store, rt->account, rt->ns);
+        char what[SESSION_DESC_MAX];
+
+        if (r < 0) {
+                describe_session(rt, what, sizeof(what));
+                return answer_store_error(c, r, what);
+        }
+        return answer_no_content(c, NULL);
+}
+
+static enum MHD_Result get_props(struct call *c, const struct route *rt)
+{
+        _cleanup_free_ char *include_copy = NULL;
+        const char *include[INCLUDE_MAX + 1];
+        char etag[STORE_ETAG_MAX], what[SESSION_DESC_MAX];
+        json_t *props;
+        int r;
+
+        r = check_include(c, &include_copy, include);
+        if (r < 0)
+                return c->result;
+        r = store_props_get(c->api->store, rt->account, rt->ns, rt->sid,
+                            include_copy ? include : NULL, now_ms(), &props, etag);
+        if (r < 0) {
+                describe_session(rt, what, sizeof(what));
+                return answer_store_error(c, r, what);
+        }
+        return answer_json(c, props, etag);
+}
+
+static enum MHD_Result patch_props(struct call *c, const struct route *rt, struct request *rq)
+{
+        char etag[STORE_ETAG_MAX], what[SESSION_DESC_MAX];
+        json_t *body = NULL, *value;
+        struct ch_error err;
+        const char *key;
+        size_t key_len;
+        int r;
+
+        r = parse_body(c, &rq->body, &body);
+        if (r < 0)
+                return c->result;
+        if (!json_is_object(body)) {
+                answer_error(c, MHD_HTTP_BAD_REQUEST,
+                             "body must be a JSON object of property names and values");
+                goto out;
+        }
+        if (json_object_size(body) > PATCH_MEMBERS_MAX) {
+                answer_error(c, MHD_HTTP_BAD_REQUEST,
+                             "body has %zu properties; at most %d are accepted per request",
+                             json_object_size(body), PATCH_MEMBERS_MAX);
+                goto out;
+        }
+        json_object_keylen_foreach(body, key, key_len, value)
+        {
+                r = names_check_name("property name", key, key_len, &err);
+                if (r < 0) {
+                        answer_error(c, MHD_HTTP_BAD_REQUEST, "%s", err.msg);
+                        goto out;
+                }
+        }
+        r = store_props_merge(c->api->store, rt->account, rt->ns, rt->sid, body,
+                              header(c, MHD_HTTP_HEADER_IF_MATCH), now_ms(), etag);
+        if (r < 0) {
+                describe_session(rt, what, sizeof(what));
+                answer_store_error(c, r, what);
+        } else {
+                answer_no_content(c, etag);
+        }
+out:
+        json_decref(body);
+        return c->result;
+}
+
+static enum MHD_Result delete_props(struct call *c, const struct route *rt)
+{
+        char what[SESSION_DESC_MAX];
+        int r;
+
+        r = store_props_clear(c->api->store, rt->account, rt->ns, rt->sid,
+                              header(c, MHD_HTTP_HEADER_IF_MATCH), now_ms());
+        if (r < 0) {
+                describe_session(rt, what, sizeof(what));
+                return answer_store_error(c, r, what);
+        }
+        return answer_no_content(c, NULL);
+}
+
+static void describe_prop(const struct route *rt, char *out, size_t size)
+{
+        char where[SESSION_DESC_MAX], prop[SHOW_MAX];
+
+        describe_session(rt, where, sizeof(where));
+        printable(rt->prop, strlen(rt->prop), prop, sizeof(prop));
+        snprintf(out, size, "property '%s' in %s", prop, where);
+}
+
+/* The hot path: the stored JSON text goes out as it is, no parsing, no copy. */
+static enum MHD_Result get_prop(struct call *c, const struct route *rt)
+{
+        char etag[STORE_ETAG_MAX], what[PROP_DESC_MAX];
+        char *json;
+        size_t len;
+        int r;
+
+        r = store_prop_get(c->api->store, rt->account, rt->ns, rt->sid, rt->prop, now_ms(), &json,
+                           &len, etag);
+        if (r == -ENOENT) {
+                char where[SESSION_DESC_MAX], prop[SHOW_MAX];
+
+                describe_session(rt, where, sizeof(where));
+                printable(rt->prop, strlen(rt->prop), prop, sizeof(prop));
+                return answer_error(c, MHD_HTTP_NOT_FOUND, "property '%s' not found in %s", prop,
+                                    where);
+        }
+        if (r < 0) {
+                describe_prop(rt, what, sizeof(what));
+                return answer_store_error(c, r, what);
+        }
+        return answer(c, MHD_HTTP_OK,
+                      make_response(len, json, MHD_RESPMEM_MUST_FREE, CONTENT_TYPE_JSON, etag),
+                      NULL);
+}
+
+static enum MHD_Result put_prop(struct call *c, const struct route *rt, struct request *rq)
+{
+        char etag[STORE_ETAG_MAX], what[PROP_DESC_MAX];
+        json_t *value = NULL;
+        int r;
+
+        r = parse_body(c, &rq->body, &value);
+        if (r < 0)
+                return c->result;
+        r = store_prop_put(c->api->store, rt->account, rt->ns, rt->sid, rt->prop, value,
+                           header(c, MHD_HTTP_HEADER_IF_MATCH), now_ms(), etag);
+        json_decref(value);
+        if (r < 0) {
+                describe_prop(rt, what, sizeof(what));
+                return answer_store_error(c, r, what);
+        }
+        return answer_no_content(c, etag);
+}
+
+static enum MHD_Result delete_prop(struct call *c, const struct route *rt)
+{
+        char what[PROP_DESC_MAX];
+        int r;
+
+        r = store_prop_delete(c->api->store, rt->account, rt->ns, rt->sid, rt->prop,
+                              header(c, MHD_HTTP_HEADER_IF_MATCH), now_ms());
+        if (r < 0) {
+                describe_prop(rt, what, sizeof(what));
+                return answer_store_error(c, r, what);
+        }
+        return answer_no_content(c, NULL);
+}
+
+static enum MHD_Result get_session_page(struct call *c, const struct route *rt, bool with_props)
+{
+        int64_t page = 0, per_page = PER_PAGE_DEFAULT;
+        char what[SESSION_DESC_MAX];
+        json_t *list;
+        int r;
+
+        r = check_decimal_arg(c, "page", 0, PAGE_MAX, &page);
+        if (r == 0)
+                r = check_decimal_arg(c, "perPage", 1, PER_PAGE_MAX, &per_page);
+        if (r < 0)
+                return c->result;
+        if (with_props)
+                r = store_session_props(c->api->store, rt->account, rt->ns, page, per_page,
+                                        now_ms(), &list);
+        else
+                r = store_session_ids(c->api->store, rt->account, rt->ns, page, per_page, now_ms(),
+                                      &list);
+        if (r < 0) {
+                describe_session(rt, what, sizeof(what));
+                return answer_store_error(c, r, what);
+        }
+        return answer_json(c, list, NULL);
+}
+
+static enum MHD_Result get_sessions(struct call *c, const struct route *rt)
+{
+        char what[SESSION_DESC_MAX];
+        json_t *list;
+        int r;
+
+        r = store_session_list(c->api->store, rt->account, rt->ns, now_ms(), &list);
+        if (r < 0) {
+                describe_session(rt, what, sizeof(what));
+                return answer_store_error(c, r, what);
+        }
+        return answer_json(c, list, NULL);
+}
+
+static enum MHD_Result post_sessions(struct call *c, const struct route *rt, struct request *rq)
+{
+        char what[SESSION_DESC_MAX];
+        json_t *body = NULL;
+        struct ch_error err;
+        const char *sid;
+        size_t sid_len;
+        int r;
+
+        r = parse_body(c, &rq->body, &body);
+        if (r < 0)
+                return c->result;
+        r = body_string_member(c, body, "sessionId", "session id", &sid, &sid_len);
+        if (r == 0) {
+                r = names_check_name("session id", sid, sid_len, &err);
+                if (r < 0)
+                        answer_error(c, MHD_HTTP_BAD_REQUEST, "%s", err.msg);
+        }
+        if (r == 0) {
+                struct route srt = *rt;
+
+                srt.sid = sid;
+                r = store_session_create(c->api->store, rt->account, rt->ns, sid, rq->ttl,
+                                         now_ms());
+                if (r < 0) {
+                        describe_session(&srt, what, sizeof(what));
+                        answer_store_error(c, r, what);
+                } else {
+                        answer_no_content(c, NULL);
+                }
+        }
+        json_decref(body);
+        return c->result;
+}
+
+static enum MHD_Result delete_session(struct call *c, const struct route *rt)
+{
+        char what[SESSION_DESC_MAX];
+        int r;
+
+        r = store_session_delete(c->api->store, rt->account, rt->ns, rt->sid);
+        if (r < 0) {
+                describe_session(rt, what, sizeof(what));
+                return answer_store_error(c, r, what);
+        }
+        return answer_no_content(c, NULL);
+}
+
+static enum MHD_Result get_readyz(struct call *c)
+{
+        static const char ready[] = "{\"status\":\"ready\"}";
+
+        if (store_ping(c->api->store) < 0)
+                return answer_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "store unavailable");
+        return answer(c, MHD_HTTP_OK,
+                      make_response(sizeof(ready) - 1, (void *)ready, MHD_RESPMEM_PERSISTENT,
+                                    CONTENT_TYPE_JSON, NULL),
+                      NULL);
+}
+
+static enum MHD_Result get_healthz(struct call *c)
+{
+        static const char ok[] = "{\"status\":\"ok\"}";
+
+        return answer(c, MHD_HTTP_OK,
+                      make_response(sizeof(ok) - 1, (void *)ok, MHD_RESPMEM_PERSISTENT,
+                                    CONTENT_TYPE_JSON, NULL),
+                      NULL);
+}
+
+static enum MHD_Result get_metrics(struct call *c)
+{
+        struct buf out;
+        size_t len;
+        char *text;
+        int r;
+
+        buf_init(&out, METRICS_MAX);
+        r = metrics_render(c->api->metrics, &out);
+        if (r < 0)
+                return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR,
+                                    "cannot render the metrics: %s", strerror(-r));
+        text = buf_take(&out, &len);
+        return answer(c, MHD_HTTP_OK,
+                      make_response(len, text ? text : (void *)"",
+                                    text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT,
+                                    CONTENT_TYPE_METRICS, NULL),
+                      NULL);
+}
+
+/* GET/HEAD/DELETE: everything is known on the first callback. */
+static enum MHD_Result dispatch_bodiless(struct call *c, const struct route *rt,
+                                         enum route_method m)
+{
+        bool del = m == ROUTE_M_DELETE;
+
+        switch (rt->resource) {
+        case ROUTE_ACCOUNT:
+                return get_account(c, rt);
+        case ROUTE_NAMESPACE:
+                return delete_namespace(c, rt);
+        case ROUTE_NS_PROPS:
+        case ROUTE_SESSION_PROPS:
+                return del ? delete_props(c, rt) : get_props(c, rt);
+        case ROUTE_NS_PROP:
+        case ROUTE_SESSION_PROP:
+                return del ? delete_prop(c, rt) : get_prop(c, rt);
+        case ROUTE_SESSION_IDS:
+                return get_session_page(c, rt, false);
+        case ROUTE_SESSION_PROPERTIES:
+                return get_session_page(c, rt, true);
+        case ROUTE_SESSIONS:
+                return get_sessions(c, rt);
+        case ROUTE_SESSION:
+                return delete_session(c, rt);
+        default:
+                return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "no handler for %s",
+                                    route_resource_name(rt->resource));
+        }
+}
+
+/* POST/PUT/PATCH, once the whole body is in. */
+static enum MHD_Result dispatch_body(struct call *c, const struct route *rt, struct request *rq)
+{
+        switch (rt->resource) {
+        case ROUTE_ACCOUNT:
+                return post_account(c, rt, rq);
+        case ROUTE_NS_PROPS:
+        case ROUTE_SESSION_PROPS:
+                return patch_props(c, rt, rq);
+        case ROUTE_NS_PROP:
+        case ROUTE_SESSION_PROP:
+                return put_prop(c, rt, rq);
+        case ROUTE_SESSIONS:
+                return post_sessions(c, rt, rq);
+        default:
+                return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "no handler for %s",
+                                    route_resource_name(rt->resource));
+        }
+}
+
+static bool has_body(enum route_method m)
+{
+        return m == ROUTE_M_POST || m == ROUTE_M_PUT || m == ROUTE_M_PATCH;
+}
+
+/* The checks every request goes through, in order, up to the handler: route (404), method
+ * (405), then for the Context API the key (403), the declared body size (413) and the path
+ * and query parameters (400). Returns 0 when the handler may run, 1 when the request is an
+ * operations endpoint that needs no key, or a negative code when it has been answered. */
+static int check_request(struct call *c, struct route *rt, struct request *rq)
+{
+        char shown[SHOW_MAX];
+        int r;
+
+        r = route_parse(c->url, rt);
+        if (r < 0) {
+                answer_error(c, MHD_HTTP_NOT_FOUND,
+                             "no such resource: the path is longer than %d bytes",
+                             ROUTE_PATH_MAX - 1);
+                return r;
+        }
+        if (rt->resource == ROUTE_NOT_FOUND) {
+                printable(c->url, strlen(c->url), shown, sizeof(shown));
+                answer_error(c, MHD_HTTP_NOT_FOUND, "no such resource: %s", shown);
+                return -ENOENT;
+        }
+        if (!(route_allowed(rt->resource) & rq->method)) {
+                char text[MESSAGE_MAX];
+
+                printable(c->method, strlen(c->method), shown, sizeof(shown));
+                snprintf(text, sizeof(text), "method %s is not allowed here; allowed: %s", shown,
+                         route_allow_header(rt->resource));
+                answer_message(c, MHD_HTTP_METHOD_NOT_ALLOWED, route_allow_header(rt->resource),
+                               text);
+                return -EPERM;
+        }
+        if (rt->resource == ROUTE_HEALTHZ || rt->resource == ROUTE_READYZ ||
+            rt->resource == ROUTE_METRICS)
+                return 1;
+        r = check_auth(c, rt->account);
+        if (r < 0)
+                return r;
+        if (has_body(rq->method)) {
+                r = check_content_length(c);
+                if (r < 0)
+                        return r;
+        }
+        r = check_names(c, rt, rq);
+        if (r < 0)
+                return r;
+        if (rq->method == ROUTE_M_POST)
+                return check_decimal_arg(c, "ttlSecond", 0, TTL_MAX, &rq->ttl);
+        return 0;
+}
+
+/* Bytes a client may still send after going over max_body before it is cut off: MHD can
+ * answer only once the request is complete, so the rest of a chunked body is drained. */
+static size_t drain_limit(size_t max_body)
+{
+        return max_body > SIZE_MAX / 2 - 65536 ? SIZE_MAX : 2 * max_body + 65536;
+}
+
+/* MHD calls this first when the headers are in, then once per piece of body, then once more
+ * with nothing when the request is complete. Only an answer queued on that last call keeps
+ * the connection alive (one queued earlier makes MHD skip the body and close), so requests
+ * are answered there, except the body methods' refusals, which should not read the body. */
+static enum MHD_Result api_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+        struct call c = {.api = cls, .conn = conn, .method = method, .url = url};
+        struct request *rq = *con_cls;
+        struct route rt;
+        int r;
+
+        (void)version;
+        if (!rq)
+                return MHD_NO; /* the connection's context could not be allocated */
+        c.start = rq->start;
+        if (rq->first_call) {
+                rq->first_call = false;
+                rq->method = route_method_from_string(method);
+                if (!has_body(rq->method))
+                        return MHD_YES;
+                r = check_request(&c, &rt, rq);
+                if (r < 0)
+                        rq->answered = true;
+                return r < 0 ? c.result : MHD_YES;
+        }
+        if (*upload_data_size > 0) {
+                size_t n = *upload_data_size;
+
+                *upload_data_size = 0;
+                rq->received = rq->received > SIZE_MAX - n ? SIZE_MAX : rq->received + n;
+                if (!has_body(rq->method) || rq->too_big)
+                        return rq->received > drain_limit(c.api->max_body) ? MHD_NO : MHD_YES;
+                r = buf_append(&rq->body, upload_data, n);
+                if (r == -E2BIG)
+                        rq->too_big = true;
+                else if (r < 0)
+                        return MHD_NO; /* out of memory mid-body: nothing sane to answer */
+                return MHD_YES;
+        }
+        if (rq->answered)
+                return MHD_YES;
+        rq->answered = true;
+        if (has_body(rq->method)) {
+                if (rq->too_big)
+                        return answer_error(&c, MHD_HTTP_CONTENT_TOO_LARGE,
+                                            "request body exceeds the limit of %zu bytes",
+                                            c.api->max_body);
+                (void)route_parse(url, &rt); /* checked on the first callback */
+                return dispatch_body(&c, &rt, rq);
+        }
+        r = check_request(&c, &rt, rq);
+        if (r < 0)
+                return c.result;
+        switch (rt.resource) {
+        case ROUTE_HEALTHZ:
+                return get_healthz(&c);
+        case ROUTE_READYZ:
+                return get_readyz(&c);
+        case ROUTE_METRICS:
+                return get_metrics(&c);
+        default:
+                return dispatch_bodiless(&c, &rt, rq->method);
+        }
+}
+
+/* MHD calls this with the raw request target as soon as the request line is in, and makes
+ * what it returns the request's *con_cls: the start of every request, including those that
+ * MHD itself refuses later (completion is notified for them all, which keeps in_flight
+ * balanced). */
+static void *api_request_started(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+        struct api *a = cls;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        struct request *rq = ci ? ci->socket_context : NULL;
+
+        atomic_fetch_add_explicit(&a->in_flight, 1, memory_order_relaxed);
+        if (!rq)
+                return NULL;
+        clock_gettime(CLOCK_MONOTONIC, &rq->start);
+        buf_init(&rq->body, a->max_body);
+        rq->received = 0;
+        rq->ttl = -1;
+        rq->nul_in_path = memmem(uri, strcspn(uri, "?"), "%00", 3) != NULL;
+        rq->too_big = rq->answered = false;
+        rq->first_call = true;
+        return rq;
+}
+
+static void api_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                          enum MHD_RequestTerminationCode toe)
+{
+        struct api *a = cls;
+        struct request *rq = *con_cls;
+
+        (void)conn;
+        (void)toe;
+        if (rq) {
+                buf_free(&rq->body);
+                *con_cls = NULL;
+        }
+        atomic_fetch_sub_explicit(&a->in_flight, 1, memory_order_release);
+}
+
+static void api_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                           enum MHD_ConnectionNotificationCode toe)
+{
+        struct request *rq = *socket_context;
+
+        (void)cls;
+        (void)conn;
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+                *socket_context = calloc(1, sizeof(struct request));
+                return;
+        }
+        if (rq) {
+                buf_free(&rq->body);
+                free(rq);
+                *socket_context = NULL;
+        }
+}
+
+static void api_mhd_log(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+static void api_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+        struct api *a = cls;
+        char line[512];
+        size_t n;
+
+        vsnprintf(line, sizeof(line), fmt, ap);
+        n = strlen(line);
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+                line[--n] = '\0';
+        if (atomic_load(&a->starting)) {
+                snprintf(a->start_error, sizeof(a->start_error), "%s", line);
+                return;
+        }
+        log_warning("libmicrohttpd: %s", line);
+}
+
+/* "host:port", "[v6]:port", "localhost:port" → a socket address. */
+static int parse_listen(const char *listen, struct sockaddr_storage *ret, struct ch_error *err)
+{
+        char host[INET6_ADDRSTRLEN + 1];
+        const char *colon, *h = listen;
+        size_t hlen;
+        int64_t port;
+        int r;
+
+        memset(ret, 0, sizeof(*ret));
+        if (!listen || !*listen)
+                goto bad;
+        if (listen[0] == '[') {
+                const char *close = strchr(listen, ']');
+
+                if (!close || close[1] != ':')
+                        goto bad;
+                h = listen + 1;
+                hlen = (size_t)(close - h);
+                colon = close + 1;
+        } else {
+                colon = strrchr(listen, ':');
+                if (!colon)
+                        goto bad;
+                hlen = (size_t)(colon - listen);
+        }
+        if (hlen == 0 || hlen >= sizeof(host))
+                goto bad;
+        memcpy(host, h, hlen);
+        host[hlen] = '\0';
+        r = parse_decimal(colon + 1, strlen(colon + 1), 0, 65535, &port);
+        if (r < 0) {
+                ch_error_set(err, "invalid listen address '%s': port must be 0-65535", listen);
+                return -EINVAL;
+        }
+        if (listen[0] == '[') {
+                struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ret;
+
+                s6->sin6_family = AF_INET6;
+                s6->sin6_port = htons((uint16_t)port);
+                if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1)
+                        goto bad;
+        } else {
+                struct sockaddr_in *s4 = (struct sockaddr_in *)ret;
+
+                s4->sin_family = AF_INET;
+                s4->sin_port = htons((uint16_t)port);
+                if (strcmp(host, "localhost") == 0)
+                        s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+                else if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
+                        goto bad;
+        }
+        return 0;
+bad:
+        ch_error_set(err,
+                     "invalid listen address '%s': expected IPv4:port, localhost:port or "
+                     "[IPv6]:port",
+                     listen ? listen : "");
+        return -EINVAL;
+}
+
+int api_start(const struct api_options *opts, struct store *store, struct metrics *metrics,
+              struct api **ret, struct ch_error *err)
+{
+        unsigned flags =
+            MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+        struct sockaddr_storage addr;
+        const union MHD_DaemonInfo *info;
+        struct MHD_OptionItem ops[10];
+        unsigned threads = opts->threads;
+        size_t n = 0;
+        struct api *a;
+        int r;
+
+        r = parse_listen(opts->listen, &addr, err);
+        if (r < 0)
+                return r;
+        if (addr.ss_family == AF_INET6)
+                flags |= MHD_USE_IPv6;
+        if (threads == 0) {
+                long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+                threads = cpus > 0 ? (unsigned)cpus : 1;
+        }
+
+        a = calloc(1, sizeof(*a));
+        if (!a) {
+                ch_error_set(err, "out of memory");
+                return -ENOMEM;
+        }
+        a->store = store;
+        a->metrics = metrics;
+        a->max_body = opts->max_body;
+
+        ops[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &addr};
+        ops[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)api_mhd_log, a};
+        ops[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)api_completed, a};
+        ops[n++] =
+            (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)api_request_started, a};
+        ops[n++] =
+            (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)api_connection, a};
+        ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
+                                           (intptr_t)opts->connection_timeout_s, NULL};
+        if (threads > 1)
+                ops[n++] =
+                    (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)threads, NULL};
+        if (opts->max_connections > 0)
+                ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
+                                                   (intptr_t)opts->max_connections, NULL};
+        ops[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+
+        atomic_store(&a->starting, true);
+        errno = 0;
+        a->daemon = MHD_start_daemon(flags, 0, NULL, NULL, api_access, a, MHD_OPTION_ARRAY, ops,
+                                     MHD_OPTION_END);
+        r = errno > 0 ? -errno : -EIO;
+        atomic_store(&a->starting, false);
+        if (!a->daemon) {
+                ch_error_set(err, "cannot listen on %s: %s", opts->listen,
+                             a->start_error[0] ? a->start_error : strerror(-r));
+                free(a);
+                return r;
+        }
+        info = MHD_get_daemon_info(a->daemon, MHD_DAEMON_INFO_BIND_PORT);
+        a->port = info ? info->port : 0;
+        *ret = a;
+        return 0;
+}
+
+unsigned api_port(const struct api *a)
+{
+        return a ? a->port : 0;
+}
+
+struct api *api_stop(struct api *a)
+{
+        MHD_socket listen_fd;
+
+        if (!a)
+                return NULL;
+        atomic_store(&a->stopping, true);
+        listen_fd = MHD_quiesce_daemon(a->daemon);
+        /* No MHD thread polls the socket any more, but the kernel would still complete
+         * handshakes into its backlog: shut it so new clients are refused at once. The fd
+         * itself stays open until MHD is gone, as MHD_quiesce_daemon requires. */
+        if (listen_fd != MHD_INVALID_SOCKET)
+                (void)shutdown(listen_fd, SHUT_RDWR);
+        for (int waited = 0;
+             waited < STOP_WAIT_MS && atomic_load_explicit(&a->in_flight, memory_order_acquire) > 0;
+             waited += STOP_POLL_MS)
+                nanosleep(&(struct timespec){.tv_nsec = STOP_POLL_MS * 1000000L}, NULL);
+        MHD_stop_daemon(a->daemon);
+        /* Ours to close since the quiesce, and only now that no MHD thread can touch it. */
+        if (listen_fd != MHD_INVALID_SOCKET)
+                close(listen_fd);
+        free(a);
+        return NULL;
+}
