@@ -114,7 +114,9 @@ static const struct option options[] = {
     INT("store", "pool_size", store.pool_size, 1, 64, NULL, "8",
         "SQLite connections shared by concurrent requests"),
     INT("store", "sweep_interval_s", store.sweep_interval_s, 1, 86400, "seconds", "60",
-        "how often expired properties and namespaces are deleted"),
+        "how often expired properties and sessions are deleted"),
+    INT("store", "cache_entries", store.cache_entries, 0, 1048576, NULL, "4096",
+        "read cache slots for API keys and single properties (values up to 1 KiB); 0 = off"),
     ENUM("log", "level", log.level, log_levels, "info",
          "messages above this level are dropped: error|warning|notice|info|debug"),
 };

@@ -134,6 +134,7 @@ int service_run(const struct config *cfg)
             .path = cfg->store.path,
             .busy_timeout_ms = (int)cfg->store.busy_timeout_ms,
             .pool_size = (unsigned)cfg->store.pool_size,
+            .cache_entries = (unsigned)cfg->store.cache_entries,
         };
         struct api_options aopts = {
             .listen = cfg->api.listen,

@@ -1,7 +1,10 @@
 /* The public face of the store: checks every argument against the store's own limits (so a
  * backend never sees a NULL, an over-long or non-UTF-8 name, a negative time or an absurd TTL),
  * maps a NULL session id to STORE_DEFAULT_SESSION, and dispatches to the backend's operation
- * table. Also the helpers all backends share: ETag text, If-Match matching, time format. */
+ * table. It also keeps the read cache of key hashes and single properties (store_cache.h):
+ * reads are served from it while the backend's change counter is unchanged, and every write
+ * bumps that counter once it is done. Also the helpers all backends share: ETag text,
+ * If-Match matching, time format. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -12,6 +15,7 @@
 #include "ctxhookd/cleanup.h"
 #include "ctxhookd/store.h"
 #include "store_backend.h"
+#include "store_cache.h"
 
 /* The backends this build knows; the first is the default. A new backend is one more line. */
 static const struct store_ops *const backends[] = {
@@ -212,9 +216,22 @@ int store_open(const struct store_options *opts, struct store **ret, struct ch_e
                 return -ENOMEM;
         }
         s->ops = ops;
+        if (opts->cache_entries > 0 && ops->gen_load && ops->gen_bump) {
+                s->keys_cache = store_cache_new(opts->cache_entries / 4 + 1);
+                s->props_cache = store_cache_new(opts->cache_entries);
+                if (!s->keys_cache || !s->props_cache) {
+                        store_cache_free(s->keys_cache);
+                        store_cache_free(s->props_cache);
+                        ch_error_set(err, "store %s: out of memory for the read cache", opts->path);
+                        return -ENOMEM;
+                }
+        }
         rc = ops->open(opts, &s->impl, err);
-        if (rc < 0)
+        if (rc < 0) {
+                store_cache_free(s->keys_cache);
+                store_cache_free(s->props_cache);
                 return rc;
+        }
         *ret = TAKE_PTR(s);
         return 0;
 }
@@ -224,8 +241,19 @@ struct store *store_close(struct store *s)
         if (!s)
                 return NULL;
         s->ops->close(s->impl);
+        store_cache_free(s->keys_cache);
+        store_cache_free(s->props_cache);
         free(s);
         return NULL;
+}
+
+/* Called after every write, whatever its outcome (a failed write bumps needlessly, which
+ * only costs cache misses): cached reads loaded before it are no longer served. */
+static int written(struct store *s, enum store_gen which, int rc)
+{
+        if (s->ops->gen_bump)
+                s->ops->gen_bump(s->impl, which);
+        return rc;
 }
 
 int store_ping(struct store *s)
@@ -250,7 +278,7 @@ int store_key_set(struct store *s, const char *account,
                 return rc;
         if (!hash)
                 return -EINVAL;
-        return s->ops->key_set(s->impl, account, hash, now_ms);
+        return written(s, STORE_GEN_KEYS, s->ops->key_set(s->impl, account, hash, now_ms));
 }
 
 int store_key_get(struct store *s, const char *account, unsigned char ret_hash[STORE_KEY_HASH_LEN])
@@ -260,7 +288,26 @@ int store_key_get(struct store *s, const char *account, unsigned char ret_hash[S
                 return rc;
         if (!ret_hash)
                 return -EINVAL;
-        return s->ops->key_get(s->impl, account, ret_hash);
+        if (!s->keys_cache)
+                return s->ops->key_get(s->impl, account, ret_hash);
+
+        const char *parts[] = {account};
+        char key[CACHE_KEY_MAX], *hit = NULL;
+        size_t key_len = store_cache_key(key, parts, 1), hit_len = 0;
+        uint64_t gen = s->ops->gen_load(s->impl, STORE_GEN_KEYS);
+
+        if (store_cache_get(s->keys_cache, gen, 0, key, key_len, &hit, &hit_len, NULL) == 0) {
+                if (hit_len == STORE_KEY_HASH_LEN)
+                        memcpy(ret_hash, hit, STORE_KEY_HASH_LEN);
+                free(hit);
+                if (hit_len == STORE_KEY_HASH_LEN)
+                        return 0;
+        }
+        rc = s->ops->key_get(s->impl, account, ret_hash);
+        if (rc == 0)
+                store_cache_put(s->keys_cache, gen, 0, key, key_len, (const char *)ret_hash,
+                                STORE_KEY_HASH_LEN, NULL);
+        return rc;
 }
 
 int store_ns_create(struct store *s, const char *account, const char *ns, int64_t ttl_s,
@@ -276,7 +323,7 @@ int store_ns_create(struct store *s, const char *account, const char *ns, int64_
         rc = check_ttl(ttl_s);
         if (rc < 0)
                 return rc;
-        return s->ops->ns_create(s->impl, account, ns, ttl_s, now_ms);
+        return written(s, STORE_GEN_DATA, s->ops->ns_create(s->impl, account, ns, ttl_s, now_ms));
 }
 
 int store_ns_list(struct store *s, const char *account, json_t **ret_array)
@@ -298,7 +345,7 @@ int store_ns_delete(struct store *s, const char *account, const char *ns)
         rc = check_scope(s, account, ns, 0);
         if (rc < 0)
                 return rc;
-        return s->ops->ns_delete(s->impl, account, ns);
+        return written(s, STORE_GEN_DATA, s->ops->ns_delete(s->impl, account, ns));
 }
 
 int store_props_get(struct store *s, const char *account, const char *ns, const char *sid,
@@ -325,8 +372,32 @@ int store_prop_get(struct store *s, const char *account, const char *ns, const c
                 return rc;
         if (!ret_json)
                 return -EINVAL;
-        return s->ops->prop_get(s->impl, account, ns, sid, name, now_ms, ret_json, ret_len,
-                                ret_etag);
+
+        const char *parts[] = {account, ns, sid, name};
+        char key[CACHE_KEY_MAX], etag[STORE_ETAG_MAX];
+        size_t key_len = s->props_cache ? store_cache_key(key, parts, 4) : 0, len = 0;
+        uint64_t gen = 0;
+        int64_t expires_ms;
+        char *json;
+
+        if (key_len > 0) {
+                gen = s->ops->gen_load(s->impl, STORE_GEN_DATA);
+                if (store_cache_get(s->props_cache, gen, now_ms, key, key_len, ret_json, ret_len,
+                                    ret_etag) == 0)
+                        return 0;
+        }
+        rc = s->ops->prop_get(s->impl, account, ns, sid, name, now_ms, &json, &len, etag,
+                              &expires_ms);
+        if (rc < 0)
+                return rc;
+        if (key_len > 0)
+                store_cache_put(s->props_cache, gen, expires_ms, key, key_len, json, len, etag);
+        *ret_json = json;
+        if (ret_len)
+                *ret_len = len;
+        if (ret_etag)
+                memcpy(ret_etag, etag, STORE_ETAG_MAX);
+        return 0;
 }
 
 int store_props_merge(struct store *s, const char *account, const char *ns, const char *sid,
@@ -350,7 +421,9 @@ int store_props_merge(struct store *s, const char *account, const char *ns, cons
                 if (key_len > STORE_NAME_MAX || strlen(key) != key_len || !utf8_valid(key, key_len))
                         return -EINVAL;
         }
-        return s->ops->props_merge(s->impl, account, ns, sid, props, if_match, now_ms, ret_etag);
+        return written(
+            s, STORE_GEN_DATA,
+            s->ops->props_merge(s->impl, account, ns, sid, props, if_match, now_ms, ret_etag));
 }
 
 int store_prop_put(struct store *s, const char *account, const char *ns, const char *sid,
@@ -365,7 +438,9 @@ int store_prop_put(struct store *s, const char *account, const char *ns, const c
                 return rc;
         if (!value)
                 return -EINVAL;
-        return s->ops->prop_put(s->impl, account, ns, sid, name, value, if_match, now_ms, ret_etag);
+        return written(
+            s, STORE_GEN_DATA,
+            s->ops->prop_put(s->impl, account, ns, sid, name, value, if_match, now_ms, ret_etag));
 }
 
 int store_prop_delete(struct store *s, const char *account, const char *ns, const char *sid,
@@ -377,7 +452,8 @@ int store_prop_delete(struct store *s, const char *account, const char *ns, cons
         rc = check_name(name, STORE_NAME_MAX);
         if (rc < 0)
                 return rc;
-        return s->ops->prop_delete(s->impl, account, ns, sid, name, if_match, now_ms);
+        return written(s, STORE_GEN_DATA,
+                       s->ops->prop_delete(s->impl, account, ns, sid, name, if_match, now_ms));
 }
 
 int store_props_clear(struct store *s, const char *account, const char *ns, const char *sid,
@@ -386,7 +462,8 @@ int store_props_clear(struct store *s, const char *account, const char *ns, cons
         int rc = check_session(s, account, ns, &sid, now_ms);
         if (rc < 0)
                 return rc;
-        return s->ops->props_clear(s->impl, account, ns, sid, if_match, now_ms);
+        return written(s, STORE_GEN_DATA,
+                       s->ops->props_clear(s->impl, account, ns, sid, if_match, now_ms));
 }
 
 int store_session_ids(struct store *s, const char *account, const char *ns, int64_t page,
@@ -450,7 +527,8 @@ int store_session_create(struct store *s, const char *account, const char *ns, c
         rc = check_ttl(ttl_s);
         if (rc < 0)
                 return rc;
-        return s->ops->session_create(s->impl, account, ns, sid, ttl_s, now_ms);
+        return written(s, STORE_GEN_DATA,
+                       s->ops->session_create(s->impl, account, ns, sid, ttl_s, now_ms));
 }
 
 int store_session_list(struct store *s, const char *account, const char *ns, int64_t now_ms,
@@ -471,12 +549,12 @@ int store_session_delete(struct store *s, const char *account, const char *ns, c
         int rc = check_session(s, account, ns, &sid, 0);
         if (rc < 0)
                 return rc;
-        return s->ops->session_delete(s->impl, account, ns, sid);
+        return written(s, STORE_GEN_DATA, s->ops->session_delete(s->impl, account, ns, sid));
 }
 
 int store_sweep(struct store *s, int64_t now_ms, int64_t *ret_deleted)
 {
         if (!s || now_ms < 0)
                 return -EINVAL;
-        return s->ops->sweep(s->impl, now_ms, ret_deleted);
+        return written(s, STORE_GEN_DATA, s->ops->sweep(s->impl, now_ms, ret_deleted));
 }

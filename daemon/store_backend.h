@@ -11,6 +11,13 @@
 
 #include "ctxhookd/store.h"
 
+/* The change counters a backend keeps for the read cache: one for API keys, one for all
+ * Context API data, so that writing notes does not also flush the cached keys. */
+enum store_gen {
+        STORE_GEN_KEYS = 0,
+        STORE_GEN_DATA = 1,
+};
+
 /* One entry per public store_* operation. `impl` is what open() returned. Every function
  * returns 0 or a negative errno code with the meaning documented in store.h. */
 struct store_ops {
@@ -32,9 +39,11 @@ struct store_ops {
         int (*props_get)(void *impl, const char *account, const char *ns, const char *sid,
                          const char *const *include, int64_t now_ms, json_t **ret_object,
                          char ret_etag[STORE_ETAG_MAX]);
+        /* As store_prop_get, plus *ret_expires_ms: when the value stops being live under
+         * the TTLs in force now (0 = never), so store.c may cache it until then. */
         int (*prop_get)(void *impl, const char *account, const char *ns, const char *sid,
                         const char *name, int64_t now_ms, char **ret_json, size_t *ret_len,
-                        char ret_etag[STORE_ETAG_MAX]);
+                        char ret_etag[STORE_ETAG_MAX], int64_t *ret_expires_ms);
         int (*props_merge)(void *impl, const char *account, const char *ns, const char *sid,
                            const json_t *props, const char *if_match, int64_t now_ms,
                            char ret_etag[STORE_ETAG_MAX]);
@@ -58,11 +67,22 @@ struct store_ops {
         int (*session_delete)(void *impl, const char *account, const char *ns, const char *sid);
 
         int (*sweep)(void *impl, int64_t now_ms, int64_t *ret_deleted);
+
+        /* Change counters shared by every process using the same database (see
+         * store_cache.h): gen_load reads one, gen_bump increments it after a write has
+         * finished. Both NULL when the backend cannot offer them; store.c then caches
+         * nothing. */
+        uint64_t (*gen_load)(void *impl, enum store_gen which);
+        void (*gen_bump)(void *impl, enum store_gen which);
 };
+
+struct store_cache;
 
 struct store {
         const struct store_ops *ops;
         void *impl;
+        struct store_cache *keys_cache;  /* account → key hash; NULL = no caching */
+        struct store_cache *props_cache; /* account/ns/sid/name → JSON text */
 };
 
 extern const struct store_ops store_sqlite_ops;

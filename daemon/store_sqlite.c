@@ -8,6 +8,7 @@
  * sweeping only reclaims space. The schema is versioned with PRAGMA user_version and an ordered
  * list of migrations. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -15,6 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "ctxhookd/cleanup.h"
 #include "ctxhookd/store.h"
@@ -181,6 +185,9 @@ struct sqlite_store {
         struct conn *free_list;
         unsigned n_free;
         pthread_mutex_t write_mu;
+        /* Change counters shared with every process that opens this database (the daemon,
+         * `ctxhookd apikey create`): two 64-bit words in the file "<db>-gen", mapped. */
+        uint64_t *gen;
         unsigned n_conns;
         struct conn conns[];
 };
@@ -712,6 +719,59 @@ static int conn_open(struct sqlite_store *ss, struct conn *c, const struct store
         return 0;
 }
 
+#define GEN_FILE_SIZE (2 * sizeof(uint64_t))
+
+/* Maps "<path>-gen", creating it (zeroed) when missing. Processes that open the same database
+ * map the same file, so a bump by one is seen by all at the cost of one memory read. */
+static int gen_map(const char *path, uint64_t **ret, struct ch_error *err)
+{
+        char gen_path[4096];
+        struct stat st;
+        void *p;
+        int fd, rc = 0;
+
+        if (snprintf(gen_path, sizeof(gen_path), "%s-gen", path) >= (int)sizeof(gen_path)) {
+                ch_error_set(err, "store %s: path too long", path);
+                return -ENAMETOOLONG;
+        }
+        fd = open(gen_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) {
+                rc = -errno;
+                ch_error_set(err, "store %s: cannot open %s: %s", path, gen_path, strerror(-rc));
+                return rc;
+        }
+        if (fstat(fd, &st) < 0 ||
+            (st.st_size < (off_t)GEN_FILE_SIZE && ftruncate(fd, (off_t)GEN_FILE_SIZE) < 0)) {
+                rc = -errno;
+                ch_error_set(err, "store %s: cannot size %s: %s", path, gen_path, strerror(-rc));
+                close(fd);
+                return rc;
+        }
+        p = mmap(NULL, GEN_FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        rc = p == MAP_FAILED ? -errno : 0;
+        close(fd);
+        if (rc < 0) {
+                ch_error_set(err, "store %s: cannot map %s: %s", path, gen_path, strerror(-rc));
+                return rc;
+        }
+        *ret = p;
+        return 0;
+}
+
+static uint64_t sqlite_gen_load(void *impl, enum store_gen which)
+{
+        struct sqlite_store *ss = impl;
+
+        return __atomic_load_n(&ss->gen[which], __ATOMIC_SEQ_CST);
+}
+
+static void sqlite_gen_bump(void *impl, enum store_gen which)
+{
+        struct sqlite_store *ss = impl;
+
+        __atomic_add_fetch(&ss->gen[which], 1, __ATOMIC_SEQ_CST);
+}
+
 static void sqlite_close(void *impl)
 {
         struct sqlite_store *ss = impl;
@@ -725,6 +785,8 @@ static void sqlite_close(void *impl)
         pthread_mutex_unlock(&ss->pool_mu);
         for (unsigned i = 0; i < ss->n_conns; i++)
                 conn_close(&ss->conns[i]);
+        if (ss->gen)
+                munmap(ss->gen, GEN_FILE_SIZE);
         pthread_mutex_destroy(&ss->pool_mu);
         pthread_cond_destroy(&ss->pool_cv);
         pthread_mutex_destroy(&ss->write_mu);
@@ -759,6 +821,8 @@ static int sqlite_open(const struct store_options *opts, void **ret_impl, struct
                 ss->free_list = c;
                 ss->n_free++;
         }
+        if (rc >= 0)
+                rc = gen_map(opts->path, &ss->gen, err);
         if (rc < 0) {
                 /* The failed connection is not in the free list; count it in for close. */
                 ss->n_free = ss->n_conns;
@@ -1000,10 +1064,11 @@ static int sqlite_props_get(void *impl, const char *account, const char *ns, con
 /* The hot path (GET of one property): one prepared SELECT and one copy. */
 static int sqlite_prop_get(void *impl, const char *account, const char *ns, const char *sid,
                            const char *name, int64_t now_ms, char **ret_json, size_t *ret_len,
-                           char ret_etag[STORE_ETAG_MAX])
+                           char ret_etag[STORE_ETAG_MAX], int64_t *ret_expires_ms)
 {
         _cleanup_conn_ struct conn *c = conn_get(impl);
         _cleanup_reset_ sqlite3_stmt *st = c->st[ST_PROP_GET];
+        int64_t updated_ms, ttl_s;
         const void *text;
         size_t len;
         char *copy;
@@ -1015,7 +1080,9 @@ static int sqlite_prop_get(void *impl, const char *account, const char *ns, cons
         rc = step(st);
         if (rc <= 0)
                 return rc < 0 ? rc : -ENOENT;
-        if (!store_is_live(sqlite3_column_int64(st, 2), sqlite3_column_int64(st, 3), now_ms))
+        updated_ms = sqlite3_column_int64(st, 2);
+        ttl_s = sqlite3_column_int64(st, 3);
+        if (!store_is_live(updated_ms, ttl_s, now_ms))
                 return -ENOENT;
         text = sqlite3_column_text(st, 0);
         len = (size_t)sqlite3_column_bytes(st, 0);
@@ -1029,6 +1096,7 @@ static int sqlite_prop_get(void *impl, const char *account, const char *ns, cons
         *ret_json = copy;
         if (ret_len)
                 *ret_len = len;
+        *ret_expires_ms = ttl_s > 0 ? updated_ms + ttl_s * 1000 : 0;
         return 0;
 }
 
@@ -1509,4 +1577,6 @@ const struct store_ops store_sqlite_ops = {
     .session_list = sqlite_session_list,
     .session_delete = sqlite_session_delete,
     .sweep = sqlite_sweep,
+    .gen_load = sqlite_gen_load,
+    .gen_bump = sqlite_gen_bump,
 };

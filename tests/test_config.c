@@ -106,6 +106,7 @@ Test(config, builtin_defaults)
         cr_expect_eq(c->store.busy_timeout_ms, 5000);
         cr_expect_eq(c->store.pool_size, 8);
         cr_expect_eq(c->store.sweep_interval_s, 60);
+        cr_expect_eq(c->store.cache_entries, 4096);
         cr_expect_str_eq(c->log.level, "info");
         config_free(c);
 }
@@ -156,7 +157,7 @@ Test(config, embedded_text_is_the_shipped_file_and_covers_every_option)
                           needle + 1);
                 checked++;
         }
-        cr_expect_eq(checked, 11, "config_print printed %zu options", checked);
+        cr_expect_eq(checked, 12, "config_print printed %zu options", checked);
         free(printed);
         config_free(c);
 }
@@ -180,6 +181,7 @@ static const struct int_option int_options[] = {
     INT_OPT("store", "busy_timeout_ms", store.busy_timeout_ms, 0, 600000),
     INT_OPT("store", "pool_size", store.pool_size, 1, 64),
     INT_OPT("store", "sweep_interval_s", store.sweep_interval_s, 1, 86400),
+    INT_OPT("store", "cache_entries", store.cache_entries, 0, 1048576),
 };
 
 Test(config, integer_bounds)

@@ -32,6 +32,7 @@ struct config {
                 int64_t busy_timeout_ms;
                 int64_t pool_size;        /* SQLite connections for concurrent requests */
                 int64_t sweep_interval_s; /* how often expired data is deleted */
+                int64_t cache_entries;    /* read cache slots; 0 = off */
         } store;
         struct {
                 char *level; /* error|warning|notice|info|debug */

@@ -50,9 +50,11 @@
 struct store;
 
 struct store_options {
-        const char *path;    /* SQLite database file; created when missing */
-        int busy_timeout_ms; /* how long a writer waits for the lock before -EIO */
-        unsigned pool_size;  /* connections kept open for concurrent callers (≥ 1) */
+        const char *path;       /* SQLite database file; created when missing */
+        int busy_timeout_ms;    /* how long a writer waits for the lock before -EIO */
+        unsigned pool_size;     /* connections kept open for concurrent callers (≥ 1) */
+        unsigned cache_entries; /* read cache slots for key hashes and single properties;
+                                   0 = no cache (see daemon/store_cache.h) */
 };
 
 /* Opens (creating and migrating as needed) the store. On failure returns a negative code,
