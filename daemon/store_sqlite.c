@@ -698,8 +698,13 @@ static int conn_open(struct sqlite_store *ss, struct conn *c, const struct store
                 return -EIO;
         }
         sqlite3_finalize(st);
-        rc = exec_sql(c->db, "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;", opts->path,
-                      "setting pragmas", err);
+        /* Reads through a memory map instead of pread(): each pooled connection has its own
+         * page cache, which every commit by another connection invalidates, so without the
+         * map a busy writer makes every connection re-read pages with system calls. */
+        rc = exec_sql(c->db,
+                      "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; "
+                      "PRAGMA mmap_size = 67108864;",
+                      opts->path, "setting pragmas", err);
         if (rc < 0)
                 return rc;
         if (first) {
