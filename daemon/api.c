@@ -105,35 +105,6 @@ static double seconds_since(const struct timespec *start)
         return (double)(ts.tv_sec - start->tv_sec) + (double)(ts.tv_nsec - start->tv_nsec) / 1e9;
 }
 
-/* Length of the valid UTF-8 sequence at p (at most left bytes), 0 when invalid. */
-static size_t utf8_len(const unsigned char *p, size_t left)
-{
-        unsigned cp, min;
-        size_t n;
-
-        if (p[0] < 0x80)
-                return 1;
-        if (p[0] >= 0xc2 && p[0] <= 0xdf) {
-                n = 2, cp = p[0] & 0x1f, min = 0x80;
-        } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-                n = 3, cp = p[0] & 0x0f, min = 0x800;
-        } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-                n = 4, cp = p[0] & 0x07, min = 0x10000;
-        } else {
-                return 0;
-        }
-        if (left < n)
-                return 0;
-        for (size_t i = 1; i < n; i++) {
-                if ((p[i] & 0xc0) != 0x80)
-                        return 0;
-                cp = cp << 6 | (p[i] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-                return 0;
-        return n;
-}
-
 /* Copies s into out (size ≥ 8) as printable UTF-8, so client-supplied names can be quoted in
  * JSON messages and log lines: control characters and bytes that are not UTF-8 become
  * "\xNN", and text that does not fit is cut with "...". */
@@ -143,7 +114,7 @@ static void printable(const char *s, size_t len, char *out, size_t size)
         size_t o = 0, room = size - 4; /* keep space for "..." and the NUL */
 
         for (size_t i = 0; i < len;) {
-                size_t n = utf8_len(p + i, len - i);
+                size_t n = names_utf8_len(p + i, len - i);
 
                 if (n == 1 && (p[i] < 0x20 || p[i] == 0x7f))
                         n = 0;
@@ -1142,7 +1113,8 @@ static void api_mhd_log(void *cls, const char *fmt, va_list ap)
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
                 line[--n] = '\0';
         if (atomic_load(&a->starting)) {
-                snprintf(a->start_error, sizeof(a->start_error), "%s", line);
+                snprintf(a->start_error, sizeof(a->start_error), "%.*s",
+                         (int)sizeof(a->start_error) - 1, line);
                 return;
         }
         log_warning("libmicrohttpd: %s", line);

@@ -1,5 +1,5 @@
-/* Naming rules of the Context API (see names.h). UTF-8 is checked by hand here because
- * these are path segments and object keys, not JSON documents jansson would parse. */
+/* Naming rules of the Context API (see names.h), and the one UTF-8 check of the program:
+ * names are path segments and object keys, not JSON documents jansson would parse. */
 #include <errno.h>
 #include <string.h>
 
@@ -58,9 +58,7 @@ int names_check_namespace(const char *s, struct ch_error *err)
         return 0;
 }
 
-/* Length of the valid UTF-8 sequence at p (at most left bytes), or 0 when invalid:
- * overlong forms, surrogates and code points above U+10FFFF are refused. */
-static size_t utf8_sequence(const unsigned char *p, size_t left)
+size_t names_utf8_len(const unsigned char *p, size_t left)
 {
         unsigned c = p[0];
         size_t n;
@@ -95,6 +93,20 @@ static size_t utf8_sequence(const unsigned char *p, size_t left)
         return n;
 }
 
+bool names_utf8_valid(const char *s, size_t len)
+{
+        const unsigned char *p = (const unsigned char *)s;
+
+        for (size_t i = 0; i < len;) {
+                size_t n = names_utf8_len(p + i, len - i);
+
+                if (n == 0)
+                        return false;
+                i += n;
+        }
+        return true;
+}
+
 int names_check_name(const char *what, const char *s, size_t len, struct ch_error *err)
 {
         const unsigned char *p = (const unsigned char *)s;
@@ -110,7 +122,7 @@ int names_check_name(const char *what, const char *s, size_t len, struct ch_erro
                         ch_error_set(err, "%s contains a control character at byte %zu", what, i);
                         return -EINVAL;
                 }
-                n = utf8_sequence(p + i, len - i);
+                n = names_utf8_len(p + i, len - i);
                 if (n == 0) {
                         ch_error_set(err, "%s is not valid UTF-8 at byte %zu", what, i);
                         return -EINVAL;

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "ctxhookd/cleanup.h"
+#include "ctxhookd/names.h"
 #include "ctxhookd/store.h"
 #include "store_backend.h"
 #include "store_cache.h"
@@ -21,48 +22,6 @@
 static const struct store_ops *const backends[] = {
     &store_sqlite_ops,
 };
-
-/* Whether s[0..len) is well-formed UTF-8 (no overlongs, surrogates or code points past
- * U+10FFFF): names end up as JSON strings, which jansson refuses otherwise. */
-static bool utf8_valid(const char *str, size_t len)
-{
-        const unsigned char *p = (const unsigned char *)str, *end = p + len;
-
-        while (p < end) {
-                unsigned c = *p;
-                size_t n;
-                uint32_t cp;
-
-                if (c < 0x80) {
-                        p++;
-                        continue;
-                }
-                if (c >= 0xC2 && c <= 0xDF) {
-                        n = 1;
-                        cp = c & 0x1F;
-                } else if (c >= 0xE0 && c <= 0xEF) {
-                        n = 2;
-                        cp = c & 0x0F;
-                } else if (c >= 0xF0 && c <= 0xF4) {
-                        n = 3;
-                        cp = c & 0x07;
-                } else {
-                        return false;
-                }
-                if ((size_t)(end - p) <= n)
-                        return false;
-                for (size_t i = 1; i <= n; i++) {
-                        if ((p[i] & 0xC0) != 0x80)
-                                return false;
-                        cp = cp << 6 | (p[i] & 0x3F);
-                }
-                if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
-                    (cp >= 0xD800 && cp <= 0xDFFF))
-                        return false;
-                p += n + 1;
-        }
-        return true;
-}
 
 /* A name the store can hold: present, at most max bytes, valid UTF-8. */
 static int check_name(const char *name, size_t max)
@@ -74,7 +33,7 @@ static int check_name(const char *name, size_t max)
         len = strnlen(name, max + 1);
         if (len > max)
                 return -EINVAL;
-        if (!utf8_valid(name, len))
+        if (!names_utf8_valid(name, len))
                 return -EINVAL;
         return 0;
 }
@@ -418,7 +377,8 @@ int store_props_merge(struct store *s, const char *account, const char *ns, cons
          * its transaction, so even a check missed here cannot leave half a merge behind. */
         json_object_keylen_foreach((json_t *)props, key, key_len, value)
         {
-                if (key_len > STORE_NAME_MAX || strlen(key) != key_len || !utf8_valid(key, key_len))
+                if (key_len > STORE_NAME_MAX || strlen(key) != key_len ||
+                    !names_utf8_valid(key, key_len))
                         return -EINVAL;
         }
         return written(

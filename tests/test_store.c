@@ -29,7 +29,9 @@ static struct store *st;
 
 static struct store *open_at(const char *p, unsigned pool, int busy_ms)
 {
-        struct store_options o = {.path = p, .busy_timeout_ms = busy_ms, .pool_size = pool};
+        /* A small read cache, so every test here also runs through the cached read path. */
+        struct store_options o = {
+            .path = p, .busy_timeout_ms = busy_ms, .pool_size = pool, .cache_entries = 64};
         struct ch_error err = {{0}};
         struct store *s = NULL;
         int rc = store_open(&o, &s, &err);

@@ -5,9 +5,17 @@
 #ifndef CTXHOOKD_NAMES_H
 #define CTXHOOKD_NAMES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "ctxhookd/error.h"
+
+/* Length of the well-formed UTF-8 sequence starting at p (at most left ≥ 1 bytes), or 0 when
+ * it is not one: overlong forms, surrogates and code points above U+10FFFF are refused. */
+size_t names_utf8_len(const unsigned char *p, size_t left);
+
+/* Whether s[0..len) is entirely well-formed UTF-8. */
+bool names_utf8_valid(const char *s, size_t len);
 
 /* [A-Za-z0-9_.-]{1,64} */
 int names_check_account(const char *s, struct ch_error *err);

@@ -673,7 +673,7 @@ static int wait_notify(int fd, const char *want, int timeout_ms, struct buf *all
 
 Test(cli, notify_ready_and_stopping)
 {
-        char sock[IT_PATH_MAX + 64], env[IT_PATH_MAX + 64];
+        char sock[IT_PATH_MAX + 64], env[sizeof("NOTIFY_SOCKET=") + IT_PATH_MAX + 64];
         struct buf msgs;
         int fd, conn, code = -1;
 
