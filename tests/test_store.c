@@ -1265,7 +1265,7 @@ Test(concurrency, merges_and_reads_from_many_threads_stay_consistent)
         free(text);
 }
 
-/* ---- Formatting and a microbenchmark ---- */
+/* ---- Formatting ---- */
 
 Test(format, times_are_iso8601_utc_with_milliseconds)
 {
@@ -1277,59 +1277,4 @@ Test(format, times_are_iso8601_utc_with_milliseconds)
         cr_assert_str_eq(out, "2026-11-29T22:39:24.123Z");
         store_format_time(-1, out);
         cr_assert_str_eq(out, "1969-12-31T23:59:59.999Z");
-}
-
-static double now_s(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* Prints per-operation costs; never asserts on time (sanitizer builds are slow). */
-Test(bench, per_operation_cost, .init = setup, .fini = teardown)
-{
-        const int n_get = 20000, n_merge = 5000;
-        unsigned char h[STORE_KEY_HASH_LEN];
-        json_t *obj = J("{\"note\":\"called back\",\"agent\":\"a17\",\"n\":1}");
-        double t;
-
-        memset(h, 1, sizeof(h));
-        cr_assert_eq(store_key_set(st, ACC, h, T0), 0);
-        put("agentNotes", "conv-1", "note", "\"the customer asked for a callback\"", T0);
-
-        t = now_s();
-        for (int i = 0; i < n_get; i++) {
-                char *text = NULL;
-                char etag[STORE_ETAG_MAX];
-                cr_assert_eq(store_key_get(st, ACC, h), 0);
-                cr_assert_eq(
-                    store_prop_get(st, ACC, "agentNotes", "conv-1", "note", T0, &text, NULL, etag),
-                    0);
-                free(text);
-        }
-        t = now_s() - t;
-        fprintf(stderr, "store bench: key_get + prop_get: %.2f µs per pair\n", t / n_get * 1e6);
-
-        t = now_s();
-        for (int i = 0; i < n_merge; i++) {
-                char sid[32];
-                snprintf(sid, sizeof(sid), "conv-%d", i % 100);
-                cr_assert_eq(store_props_merge(st, ACC, "agentNotes", sid, obj, NULL, T0, NULL), 0);
-        }
-        t = now_s() - t;
-        fprintf(stderr, "store bench: props_merge of 3 keys: %.2f µs each (%.0f/s)\n",
-                t / n_merge * 1e6, n_merge / t);
-
-        t = now_s();
-        for (int i = 0; i < 2000; i++) {
-                json_t *o = NULL;
-                cr_assert_eq(store_props_get(st, ACC, "agentNotes", "conv-1", NULL, T0, &o, NULL),
-                             0);
-                json_decref(o);
-        }
-        t = now_s() - t;
-        fprintf(stderr, "store bench: props_get of 4 keys: %.2f µs each\n", t / 2000 * 1e6);
-        json_decref(obj);
 }
