@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 #include <regex.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1158,6 +1159,30 @@ API_TEST(ttl_end_to_end)
         it_sleep_ms((int)(t0 + 3300 - it_now_ms()));
         get_json(A "/two/s/properties", "{}");
         assert_session_listed("two", "s", 0);
+
+        /* The sweeper (every second in this config) deletes the expired rows themselves: only
+         * c, e and g are left in the file, read behind the daemon's back. */
+        long long rows = -1, deadline = it_now_ms() + 5000;
+        while (it_now_ms() < deadline) {
+                sqlite3 *db = NULL;
+                sqlite3_stmt *st = NULL;
+
+                cr_assert_eq(sqlite3_open_v2(d.db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+                cr_assert_eq(
+                    sqlite3_prepare_v2(db, "SELECT count(*) FROM properties", -1, &st, NULL),
+                    SQLITE_OK, "%s", sqlite3_errmsg(db));
+                cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+                rows = sqlite3_column_int64(st, 0);
+                sqlite3_finalize(st);
+                sqlite3_close(db);
+                if (rows == 3)
+                        break;
+                it_sleep_ms(200);
+        }
+        cr_assert_eq(rows, 3, "expired properties still in the database: %lld rows", rows);
+        char *log = it_daemon_log(&d);
+        cr_assert(strstr(log, "sweeper: deleted"), "no sweep in the log:\n%s", log);
+        free(log);
 }
 
 /* ---- values ---- */
