@@ -426,10 +426,11 @@ int store_props_clear(struct store *s, const char *account, const char *ns, cons
                        s->ops->props_clear(s->impl, account, ns, sid, if_match, now_ms));
 }
 
-int store_session_ids(struct store *s, const char *account, const char *ns, int64_t page,
-                      int64_t per_page, int64_t now_ms, json_t **ret_array)
+/* The checks shared by the paged listings. Returns 0 to go on from *ret_offset, 1 when the
+ * page lies beyond anything storable (*ret_array is then an empty array), or a negative code. */
+static int check_listing(struct store *s, const char *account, const char *ns, int64_t page,
+                         int64_t per_page, int64_t now_ms, int64_t *ret_offset, json_t **ret_array)
 {
-        int64_t offset;
         bool empty;
         json_t *a;
         int rc;
@@ -439,16 +440,24 @@ int store_session_ids(struct store *s, const char *account, const char *ns, int6
         rc = check_scope(s, account, ns, now_ms);
         if (rc < 0)
                 return rc;
-        rc = check_page(page, per_page, &offset, &empty);
-        if (rc < 0)
+        rc = check_page(page, per_page, ret_offset, &empty);
+        if (rc < 0 || !empty)
                 return rc;
-        if (empty) {
-                a = json_array();
-                if (!a)
-                        return -ENOMEM;
-                *ret_array = a;
-                return 0;
-        }
+        a = json_array();
+        if (!a)
+                return -ENOMEM;
+        *ret_array = a;
+        return 1;
+}
+
+int store_session_ids(struct store *s, const char *account, const char *ns, int64_t page,
+                      int64_t per_page, int64_t now_ms, json_t **ret_array)
+{
+        int64_t offset;
+        int rc = check_listing(s, account, ns, page, per_page, now_ms, &offset, ret_array);
+
+        if (rc != 0)
+                return rc < 0 ? rc : 0;
         return s->ops->session_ids(s->impl, account, ns, offset, per_page, now_ms, ret_array);
 }
 
@@ -456,25 +465,10 @@ int store_session_props(struct store *s, const char *account, const char *ns, in
                         int64_t per_page, int64_t now_ms, json_t **ret_array)
 {
         int64_t offset;
-        bool empty;
-        json_t *a;
-        int rc;
+        int rc = check_listing(s, account, ns, page, per_page, now_ms, &offset, ret_array);
 
-        if (!ns || !ret_array)
-                return -EINVAL;
-        rc = check_scope(s, account, ns, now_ms);
-        if (rc < 0)
-                return rc;
-        rc = check_page(page, per_page, &offset, &empty);
-        if (rc < 0)
-                return rc;
-        if (empty) {
-                a = json_array();
-                if (!a)
-                        return -ENOMEM;
-                *ret_array = a;
-                return 0;
-        }
+        if (rc != 0)
+                return rc < 0 ? rc : 0;
         return s->ops->session_props(s->impl, account, ns, offset, per_page, now_ms, ret_array);
 }
 
