@@ -7,8 +7,8 @@
 
 #include "ctxhookd/store.h"
 
-#define APIKEY_TEXT_LEN     32  /* letters and digits: 32 * log2(62) = 190 bits */
-#define APIKEY_MAX_LEN      256 /* longer presented keys are refused without hashing */
+#define APIKEY_TEXT_LEN 32  /* letters and digits: 32 * log2(62) = 190 bits */
+#define APIKEY_MAX_LEN  256 /* longer presented keys are refused without hashing */
 
 /* Writes a new random key (APIKEY_TEXT_LEN chars of [A-Za-z0-9], uniform) and NUL into out.
  * Returns 0 or -EIO when the random generator fails. */

@@ -17,6 +17,29 @@
 #define CONFIG_DEFAULT_PATH "/etc/ctxhookd/ctxhookd.conf"
 #define CONFIG_ENV_PATH     "CTXHOOKD_CONFIG"
 
+#define CONFIG_HOOKS_MAX 64
+#define CONFIG_LIST_MAX  32 /* items of a comma-separated list option */
+
+/* One [hook "name"] section: which events it wants and where they go. */
+struct config_hook {
+        char *name;           /* the label: [A-Za-z0-9_.-]{1,64} */
+        unsigned on;          /* enum event_kind bits; "on" is required */
+        char **close_reasons; /* NULL-terminated; NULL = any close reason */
+        char **namespaces;    /* NULL-terminated; NULL = gather no context */
+        char *url;            /* http:// or https://, required */
+        char *secret;         /* "whsec_<base64>", required (secret) */
+        char *bearer_token;   /* "" = no Authorization header (secret) */
+        int64_t timeout_ms;   /* per attempt */
+        int64_t max_attempts; /* then dead letter */
+        bool clear_after;     /* delete the gathered session notes once delivered */
+};
+
+/* A key of [kafka] that is not ctxhookd's own: passed to librdkafka as is. */
+struct config_kv {
+        char *key;
+        char *value;
+};
+
 struct config {
         char *source; /* the file read, or "<embedded>" */
         struct {
@@ -37,6 +60,25 @@ struct config {
         struct {
                 char *level; /* error|warning|notice|info|debug */
         } log;
+        struct {
+                char *brokers; /* "" = no Kafka; "embedded" = in-process mock cluster */
+                char *topic;
+                char *group;
+                char *account;             /* for events that carry no account */
+                int64_t max_message_bytes; /* larger messages are dead letters */
+                struct config_kv *extra;   /* other keys, for librdkafka, in file order */
+                size_t n_extra;
+        } kafka;
+        struct {
+                int64_t max_in_flight; /* concurrent webhook calls */
+                int64_t outbox_max;    /* pause consuming above this many queued deliveries */
+                int64_t retry_base_ms; /* first back-off; doubles per attempt, with jitter */
+                int64_t retry_max_ms;  /* cap of one back-off (and of Retry-After) */
+                int64_t retention_s;   /* how long dedup keys (Kafka offsets, Idempotency-Key)
+                                          are remembered */
+        } delivery;
+        struct config_hook *hooks; /* in file order */
+        size_t n_hooks;
 };
 
 /* Which file `run`/`check-config` read when no -c is given: $CTXHOOKD_CONFIG if set, else

@@ -16,9 +16,50 @@ struct metrics *metrics_free(struct metrics *m);
  * long it took, in seconds. */
 void metrics_http_request(struct metrics *m, unsigned status, double seconds);
 
+enum metrics_event_result {
+        METRICS_EVENT_QUEUED,  /* an event that queued at least one delivery */
+        METRICS_EVENT_IGNORED, /* an event no hook wanted */
+        METRICS_EVENT_DEAD,    /* a message that became a dead letter */
+        METRICS_EVENT__COUNT
+};
+
+enum metrics_delivery_result {
+        METRICS_DELIVERY_DELIVERED, /* 2xx */
+        METRICS_DELIVERY_RETRY,     /* failed, will be retried */
+        METRICS_DELIVERY_DEAD,      /* failed for good */
+        METRICS_DELIVERY__COUNT
+};
+
+enum metrics_gauge {
+        METRICS_OUTBOX_DEPTH, /* ctxhookd_outbox_depth */
+        METRICS_KAFKA_LAG,    /* ctxhookd_kafka_lag (sum over assigned partitions) */
+        METRICS_DEAD_LETTERS, /* ctxhookd_dead_letters */
+        METRICS_GAUGE__COUNT
+};
+
+#define METRICS_HOOKS_MAX 64
+
+/* ctxhookd_events_total{result} += n. */
+void metrics_event(struct metrics *m, enum metrics_event_result r, unsigned long n);
+
+/* Names the hooks that metrics_delivery() refers to by index (at most METRICS_HOOKS_MAX; the
+ * names are copied). Call before the delivery thread starts. 0, -E2BIG or -ENOMEM. */
+int metrics_set_hooks(struct metrics *m, const char *const *names, size_t n);
+
+/* One finished delivery attempt of hook number hook: ctxhookd_deliveries_total{hook,result}
+ * and, for attempts that got an answer or failed, ctxhookd_delivery_duration_seconds. Hooks
+ * out of range are ignored. */
+void metrics_delivery(struct metrics *m, size_t hook, enum metrics_delivery_result r,
+                      double seconds);
+
+/* Sets a gauge. */
+void metrics_gauge_set(struct metrics *m, enum metrics_gauge g, long long value);
+
 /* Appends the exposition (HELP/TYPE lines, every family) to out.
  * Families: ctxhookd_http_requests_total{code}, ctxhookd_http_request_duration_seconds
- * (histogram), ctxhookd_up, ctxhookd_start_time_seconds.
+ * (histogram), ctxhookd_events_total{result}, ctxhookd_deliveries_total{hook,result},
+ * ctxhookd_delivery_duration_seconds (histogram), ctxhookd_outbox_depth, ctxhookd_kafka_lag,
+ * ctxhookd_dead_letters, ctxhookd_up, ctxhookd_start_time_seconds.
  * Returns 0 or what buf_append returns. */
 int metrics_render(struct metrics *m, struct buf *out);
 

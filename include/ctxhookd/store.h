@@ -161,6 +161,103 @@ int store_session_list(struct store *s, const char *account, const char *ns, int
 /* Deletes the session and its properties. Deleting a missing one succeeds. */
 int store_session_delete(struct store *s, const char *account, const char *ns, const char *sid);
 
+/* ---- Outbox: deliveries queued durably before their source is acknowledged ----
+ *
+ * A delivery is one webhook call for one (event, hook). Deliveries of one (hook,
+ * conversation) go out in the order they were enqueued: only the oldest of them is ever
+ * claimable, so a failing delivery holds back only the later ones of its own conversation and
+ * hook. Claimed deliveries are "in flight" until done, retried or dead; a claim holds for
+ * lease_ms, after which (the claimer died) the delivery is claimable again. */
+
+#define STORE_HOOK_MAX       64
+#define STORE_WEBHOOK_ID_MAX 64
+#define STORE_DEDUP_KEY_MAX  512
+
+/* What to enqueue (all strings NUL-terminated; body is JSON text). */
+struct store_enqueue {
+        const char *hook;
+        const char *account;
+        const char *conversation;
+        const char *webhook_id; /* stable across retries, e.g. "msg_<event id>_<hook>" */
+        const char *body;
+        size_t body_len;
+        const char *clear_namespaces; /* JSON array of namespace names whose session
+                                         `conversation` is cleared once delivered; NULL = none */
+};
+
+/* A claimed delivery (strings owned by the array; free with store_deliveries_free). */
+struct store_delivery {
+        int64_t id;
+        char *hook;
+        char *account;
+        char *conversation;
+        char *webhook_id;
+        char *body;
+        size_t body_len;
+        int64_t attempts; /* attempts made before this one */
+        int64_t created_ms;
+};
+
+/* Atomically records dedup_key (NULL = no dedup) and queues items[0..n) (n may be 0: an event
+ * no hook wanted is still recorded as seen). -EEXIST when dedup_key was recorded before
+ * (nothing is written: the message was already processed). */
+int store_outbox_enqueue(struct store *s, const char *dedup_key, const struct store_enqueue *items,
+                         size_t n, int64_t now_ms);
+
+/* Claims up to limit due deliveries (next attempt ≤ now_ms, the oldest of their hook and
+ * conversation, not in flight under an unexpired lease), oldest due first. *ret is a new array
+ * of *ret_n (possibly 0) entries. */
+int store_outbox_claim(struct store *s, int64_t now_ms, int64_t lease_ms, size_t limit,
+                       struct store_delivery **ret, size_t *ret_n);
+void store_deliveries_free(struct store_delivery *d, size_t n);
+
+/* The delivery succeeded: it is removed and, when it has clear_namespaces, the properties of
+ * its conversation's session in those namespaces are deleted, in the same transaction. */
+int store_outbox_done(struct store *s, int64_t id, int64_t now_ms);
+
+/* The attempt failed but may be retried: attempts becomes attempts, the lease ends and the
+ * next attempt is at next_attempt_ms. last_error is kept for the dead letter. */
+int store_outbox_retry(struct store *s, int64_t id, int64_t attempts, int64_t next_attempt_ms,
+                       const char *last_error);
+
+/* The delivery failed for good: moved to the dead letters with reason, atomically. */
+int store_outbox_dead(struct store *s, int64_t id, const char *reason, int64_t now_ms);
+
+/* Deliveries queued (in flight included). */
+int store_outbox_depth(struct store *s, int64_t *ret);
+
+/* When the next pending delivery falls due (ms), or -ENOENT when none is pending. */
+int store_outbox_next_due(struct store *s, int64_t *ret_ms);
+
+/* ---- Dead letters: events that could not be parsed, deliveries that failed for good ---- */
+
+/* Atomically records dedup_key (NULL = none) and keeps raw (len bytes, any bytes) as a dead
+ * letter of source ("kafka:topic/partition/offset", "http", "replay:file:line", …) with reason.
+ * -EEXIST when dedup_key was recorded before. */
+int store_dead_add(struct store *s, const char *dedup_key, const char *source, const char *reason,
+                   const char *raw, size_t raw_len, int64_t now_ms);
+
+/* Up to limit (1…1000) dead letters with id > after_id, by id, as a new JSON array
+ * [{"id": N, "source": "...", "reason": "...", "received": "2026-…Z", "raw": "..."}]; raw is a
+ * string (invalid UTF-8 replaced by U+FFFD). */
+int store_dead_list(struct store *s, int64_t after_id, int64_t limit, json_t **ret_array);
+
+/* Counts dead letters. */
+int store_dead_count(struct store *s, int64_t *ret);
+
+/* A dead delivery goes back to the outbox as new (attempts 0, due now), keeping its
+ * webhook_id; returns 1. A dead event is handed back instead: *ret_raw (malloc'ed, length in
+ * *ret_raw_len) and *ret_source get its message to process again, the dead letter is deleted,
+ * and 0 is returned. -ENOENT when there is no such dead letter. */
+int store_dead_redrive(struct store *s, int64_t id, int64_t now_ms, char **ret_raw,
+                       size_t *ret_raw_len, char **ret_source);
+
+/* Deletes a dead letter; -ENOENT when there is none with that id. */
+int store_dead_delete(struct store *s, int64_t id);
+
+/* Forgets dedup keys recorded before before_ms (called by the sweeper). */
+int store_dedup_expire(struct store *s, int64_t before_ms, int64_t *ret_deleted);
+
 /* ---- Maintenance ---- */
 
 /* Deletes expired properties and sessions (as judged at now_ms), in bounded batches so

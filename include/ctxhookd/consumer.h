@@ -1,0 +1,42 @@
+/* The Kafka consumer thread (librdkafka high-level consumer, one consumer group): each message
+ * goes through pipeline_process() and its offset is stored (offset + 1,
+ * enable.auto.offset.store=false) only once the pipeline has recorded its outcome: at-least-
+ * once. A store failure pauses and retries the same message. When the outbox holds more than
+ * [delivery] outbox_max deliveries, the assigned partitions are paused until it drains.
+ * brokers = "embedded" starts librdkafka's mock cluster in-process and logs its bootstrap
+ * address, so a trial needs no Kafka. */
+#ifndef CTXHOOKD_CONSUMER_H
+#define CTXHOOKD_CONSUMER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ctxhookd/config.h"
+#include "ctxhookd/deliver.h"
+#include "ctxhookd/error.h"
+#include "ctxhookd/metrics.h"
+#include "ctxhookd/pipeline.h"
+
+struct consumer;
+
+/* Creates the consumer (and the embedded cluster when asked), subscribes, starts the thread.
+ * deliver (may be NULL) is woken after each queued batch. On failure err names the reason
+ * (librdkafka's configuration errors name the key). */
+int consumer_start(const struct config *cfg, struct pipeline *pipeline, struct store *store,
+                   struct deliver *deliver, struct metrics *metrics, struct consumer **ret,
+                   struct ch_error *err);
+
+/* The bootstrap servers in use ("127.0.0.1:PORT" of the embedded cluster, else the config's). */
+const char *consumer_bootstrap(const struct consumer *c);
+
+/* Whether partitions are assigned (for /readyz). */
+bool consumer_ready(const struct consumer *c);
+
+/* Whether the thread made progress recently (for the watchdog). */
+int64_t consumer_last_progress_ms(const struct consumer *c);
+
+/* Stops consuming, stores and commits the final offsets, closes the consumer (leaving the
+ * group) and the embedded cluster. Accepts NULL; returns NULL. */
+struct consumer *consumer_stop(struct consumer *c);
+
+#endif

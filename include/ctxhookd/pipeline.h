@@ -1,0 +1,67 @@
+/* The one path every event takes, whatever brought it (Kafka, replay, HTTP ingest, a redrive):
+ * parse and normalise (event.h) → hooks it triggers (router.h) → gather the context each hook
+ * asks for from the store → build the webhook body → queue the deliveries durably (or, for a
+ * message that cannot be parsed, a dead letter), all before the caller acknowledges the
+ * message.
+ *
+ * The webhook body is the LivePerson Functions invocation envelope:
+ *   {"timestamp": <ms>, "headers": [],
+ *    "payload": {"hook": "<name>",
+ *                "event": {"id","kind","accountId","conversationId","closeReason","time"},
+ *                "raw": <the event JSON; for a notification, that change>,
+ *                "context": {"<ns>": {"namespace": {…}, "session": {…}}, …}}} */
+#ifndef CTXHOOKD_PIPELINE_H
+#define CTXHOOKD_PIPELINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ctxhookd/config.h"
+#include "ctxhookd/error.h"
+#include "ctxhookd/metrics.h"
+#include "ctxhookd/store.h"
+
+struct pipeline;
+
+/* What happened to one message. */
+struct pipeline_result {
+        size_t events;     /* events in it (0 for a dead letter) */
+        size_t deliveries; /* deliveries queued (or, with pipeline_build, built) */
+        size_t ignored;    /* events no hook wanted */
+        bool dead;         /* the message became a dead letter */
+        bool duplicate;    /* dedup_key was seen before: nothing was done */
+        char reason[256];  /* why it is a dead letter */
+};
+
+/* One built delivery (pipeline_build). */
+struct pipeline_delivery {
+        const struct config_hook *hook;
+        char *webhook_id;
+        char *body; /* the exact JSON that would be POSTed */
+        size_t body_len;
+        char *account;
+        char *conversation;
+};
+
+/* hooks/n_hooks and default_account must outlive the pipeline (they are the config's).
+ * metrics may be NULL. */
+int pipeline_new(struct store *store, struct metrics *metrics, const struct config *cfg,
+                 struct pipeline **ret);
+struct pipeline *pipeline_free(struct pipeline *p);
+
+/* Processes one message durably. source names where it came from (for dead letters), dedup_key
+ * (may be NULL) makes a repeat a no-op. Returns 0 once the outcome is recorded in the store
+ * (deliveries queued, or nothing to do, or a dead letter): the caller may now acknowledge the
+ * message. A negative code (-EIO: the store failed) means nothing was recorded: do not
+ * acknowledge; try again later. */
+int pipeline_process(struct pipeline *p, const char *source, const char *dedup_key,
+                     const char *data, size_t len, int64_t now_ms, struct pipeline_result *ret);
+
+/* Like pipeline_process, but writes nothing: the deliveries it would queue are returned in
+ * *ret_deliveries (*ret_n of them; free with pipeline_deliveries_free). For replay --dry-run. */
+int pipeline_build(struct pipeline *p, const char *source, const char *data, size_t len,
+                   int64_t now_ms, struct pipeline_result *ret,
+                   struct pipeline_delivery **ret_deliveries, size_t *ret_n);
+void pipeline_deliveries_free(struct pipeline_delivery *d, size_t n);
+
+#endif
