@@ -8,6 +8,7 @@
 #ifndef CTXHOOKD_CONFIG_H
 #define CTXHOOKD_CONFIG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stddef.h>

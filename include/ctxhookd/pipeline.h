@@ -13,6 +13,7 @@
 #ifndef CTXHOOKD_PIPELINE_H
 #define CTXHOOKD_PIPELINE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
