@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "ctxhookd/metrics.h"
@@ -16,12 +17,31 @@ static const double duration_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025
                                           1,      2.5,     5,      10};
 #define N_BUCKETS (sizeof(duration_buckets) / sizeof(duration_buckets[0]))
 
+static const char *const event_results[METRICS_EVENT__COUNT] = {"queued", "ignored", "dead"};
+static const char *const delivery_results[METRICS_DELIVERY__COUNT] = {"delivered", "retry", "dead"};
+static const char *const gauge_names[METRICS_GAUGE__COUNT] = {
+    "ctxhookd_outbox_depth", "ctxhookd_kafka_lag", "ctxhookd_dead_letters"};
+static const char *const gauge_help[METRICS_GAUGE__COUNT] = {
+    "Deliveries queued in the outbox, in flight included.",
+    "Messages of the assigned Kafka partitions not yet consumed.",
+    "Dead letters kept (malformed events, deliveries failed for good)."};
+
+/* One histogram: non-cumulative bucket counts (the last slot counts what is above every
+ * bound, so +Inf and _count are one sum and stay consistent under concurrent updates). */
+struct histogram {
+        atomic_uint_fast64_t bucket[N_BUCKETS + 1];
+        atomic_uint_fast64_t sum_ns;
+};
+
 struct metrics {
         atomic_uint_fast64_t http_by_status[STATUS_SLOTS];
-        /* Non-cumulative, summed on render; the last slot counts requests above every bound,
-         * so +Inf and _count are that same sum and stay consistent under concurrent updates. */
-        atomic_uint_fast64_t http_bucket[N_BUCKETS + 1];
-        atomic_uint_fast64_t http_sum_ns;
+        struct histogram http_duration;
+        atomic_uint_fast64_t events[METRICS_EVENT__COUNT];
+        char *hooks[METRICS_HOOKS_MAX];
+        size_t n_hooks;
+        atomic_uint_fast64_t deliveries[METRICS_HOOKS_MAX][METRICS_DELIVERY__COUNT];
+        struct histogram delivery_duration;
+        atomic_llong gauges[METRICS_GAUGE__COUNT];
         double start_time;
 };
 
@@ -39,24 +59,74 @@ struct metrics *metrics_new(void)
 
 struct metrics *metrics_free(struct metrics *m)
 {
+        if (!m)
+                return NULL;
+        for (size_t i = 0; i < m->n_hooks; i++)
+                free(m->hooks[i]);
         free(m);
         return NULL;
 }
 
-void metrics_http_request(struct metrics *m, unsigned status, double seconds)
+static void histogram_observe(struct histogram *h, double seconds)
 {
         size_t b = 0;
 
-        if (status < 100 || status >= STATUS_SLOTS)
-                status = 0;
         if (seconds < 0)
                 seconds = 0;
-        atomic_fetch_add_explicit(&m->http_by_status[status], 1, memory_order_relaxed);
         while (b < N_BUCKETS && seconds > duration_buckets[b])
                 b++;
-        atomic_fetch_add_explicit(&m->http_bucket[b], 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&m->http_sum_ns, (uint_fast64_t)(seconds * 1e9),
-                                  memory_order_relaxed);
+        atomic_fetch_add_explicit(&h->bucket[b], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&h->sum_ns, (uint_fast64_t)(seconds * 1e9), memory_order_relaxed);
+}
+
+void metrics_http_request(struct metrics *m, unsigned status, double seconds)
+{
+        if (status < 100 || status >= STATUS_SLOTS)
+                status = 0;
+        atomic_fetch_add_explicit(&m->http_by_status[status], 1, memory_order_relaxed);
+        histogram_observe(&m->http_duration, seconds);
+}
+
+void metrics_event(struct metrics *m, enum metrics_event_result r, unsigned long n)
+{
+        if ((unsigned)r < METRICS_EVENT__COUNT)
+                atomic_fetch_add_explicit(&m->events[r], n, memory_order_relaxed);
+}
+
+int metrics_set_hooks(struct metrics *m, const char *const *names, size_t n)
+{
+        char *copies[METRICS_HOOKS_MAX];
+
+        if (n > METRICS_HOOKS_MAX)
+                return -E2BIG;
+        for (size_t i = 0; i < n; i++) {
+                copies[i] = strdup(names[i]);
+                if (!copies[i]) {
+                        while (i > 0)
+                                free(copies[--i]);
+                        return -ENOMEM;
+                }
+        }
+        for (size_t i = 0; i < m->n_hooks; i++)
+                free(m->hooks[i]);
+        memcpy(m->hooks, copies, n * sizeof(copies[0]));
+        m->n_hooks = n;
+        return 0;
+}
+
+void metrics_delivery(struct metrics *m, size_t hook, enum metrics_delivery_result r,
+                      double seconds)
+{
+        if (hook >= m->n_hooks || (unsigned)r >= METRICS_DELIVERY__COUNT)
+                return;
+        atomic_fetch_add_explicit(&m->deliveries[hook][r], 1, memory_order_relaxed);
+        histogram_observe(&m->delivery_duration, seconds);
+}
+
+void metrics_gauge_set(struct metrics *m, enum metrics_gauge g, long long value)
+{
+        if ((unsigned)g < METRICS_GAUGE__COUNT)
+                atomic_store_explicit(&m->gauges[g], value, memory_order_relaxed);
 }
 
 static uint64_t load(atomic_uint_fast64_t *v)
@@ -64,9 +134,44 @@ static uint64_t load(atomic_uint_fast64_t *v)
         return atomic_load_explicit(v, memory_order_relaxed);
 }
 
-int metrics_render(struct metrics *m, struct buf *out)
+static int render_histogram(struct buf *out, const char *name, const char *help,
+                            struct histogram *h)
 {
         uint64_t cumulative = 0;
+        int r;
+
+        r = buf_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+        for (size_t b = 0; r == 0 && b < N_BUCKETS; b++) {
+                cumulative += load(&h->bucket[b]);
+                r = buf_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, duration_buckets[b],
+                               (unsigned long long)cumulative);
+        }
+        if (r < 0)
+                return r;
+        cumulative += load(&h->bucket[N_BUCKETS]);
+        return buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.9f\n%s_count %llu\n", name,
+                          (unsigned long long)cumulative, name, (double)load(&h->sum_ns) / 1e9,
+                          name, (unsigned long long)cumulative);
+}
+
+/* Prometheus label values escape backslash, double quote and newline. */
+static int append_label_value(struct buf *out, const char *v)
+{
+        int r = 0;
+
+        for (; *v && r == 0; v++) {
+                if (*v == '\\' || *v == '"')
+                        r = buf_printf(out, "\\%c", *v);
+                else if (*v == '\n')
+                        r = buf_append_str(out, "\\n");
+                else
+                        r = buf_append(out, v, 1);
+        }
+        return r;
+}
+
+int metrics_render(struct metrics *m, struct buf *out)
+{
         int r;
 
         r = buf_printf(out,
@@ -81,35 +186,44 @@ int metrics_render(struct metrics *m, struct buf *out)
                 return r;
         r = buf_append_str(out, "# HELP ctxhookd_http_requests_total HTTP requests answered, by "
                                 "status code.\n# TYPE ctxhookd_http_requests_total counter\n");
-        if (r < 0)
-                return r;
-        for (unsigned s = 0; s < STATUS_SLOTS; s++) {
+        for (unsigned s = 0; r == 0 && s < STATUS_SLOTS; s++) {
                 uint64_t n = load(&m->http_by_status[s]);
-                if (n == 0)
-                        continue;
-                r = buf_printf(out, "ctxhookd_http_requests_total{code=\"%u\"} %llu\n", s,
-                               (unsigned long long)n);
-                if (r < 0)
-                        return r;
+                if (n > 0)
+                        r = buf_printf(out, "ctxhookd_http_requests_total{code=\"%u\"} %llu\n", s,
+                                       (unsigned long long)n);
         }
-        r = buf_append_str(out, "# HELP ctxhookd_http_request_duration_seconds Time from the "
-                                "first byte of a request to its response.\n"
-                                "# TYPE ctxhookd_http_request_duration_seconds histogram\n");
-        if (r < 0)
-                return r;
-        for (size_t b = 0; b < N_BUCKETS; b++) {
-                cumulative += load(&m->http_bucket[b]);
-                r = buf_printf(out,
-                               "ctxhookd_http_request_duration_seconds_bucket{le=\"%g\"} %llu\n",
-                               duration_buckets[b], (unsigned long long)cumulative);
-                if (r < 0)
-                        return r;
-        }
-        cumulative += load(&m->http_bucket[N_BUCKETS]);
-        return buf_printf(out,
-                          "ctxhookd_http_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
-                          "ctxhookd_http_request_duration_seconds_sum %.9f\n"
-                          "ctxhookd_http_request_duration_seconds_count %llu\n",
-                          (unsigned long long)cumulative, (double)load(&m->http_sum_ns) / 1e9,
-                          (unsigned long long)cumulative);
+        if (r == 0)
+                r = render_histogram(out, "ctxhookd_http_request_duration_seconds",
+                                     "Time from the first byte of a request to its response.",
+                                     &m->http_duration);
+        if (r == 0)
+                r = buf_append_str(out, "# HELP ctxhookd_events_total Conversation events by "
+                                        "outcome (dead: messages that became dead letters).\n"
+                                        "# TYPE ctxhookd_events_total counter\n");
+        for (size_t i = 0; r == 0 && i < METRICS_EVENT__COUNT; i++)
+                r = buf_printf(out, "ctxhookd_events_total{result=\"%s\"} %llu\n", event_results[i],
+                               (unsigned long long)load(&m->events[i]));
+        if (r == 0)
+                r = buf_append_str(out, "# HELP ctxhookd_deliveries_total Webhook delivery "
+                                        "attempts by hook and outcome.\n"
+                                        "# TYPE ctxhookd_deliveries_total counter\n");
+        for (size_t h = 0; r == 0 && h < m->n_hooks; h++)
+                for (size_t i = 0; r == 0 && i < METRICS_DELIVERY__COUNT; i++) {
+                        r = buf_append_str(out, "ctxhookd_deliveries_total{hook=\"");
+                        if (r == 0)
+                                r = append_label_value(out, m->hooks[h]);
+                        if (r == 0)
+                                r = buf_printf(out, "\",result=\"%s\"} %llu\n", delivery_results[i],
+                                               (unsigned long long)load(&m->deliveries[h][i]));
+                }
+        if (r == 0)
+                r = render_histogram(out, "ctxhookd_delivery_duration_seconds",
+                                     "Time of one webhook delivery attempt.",
+                                     &m->delivery_duration);
+        for (size_t g = 0; r == 0 && g < METRICS_GAUGE__COUNT; g++)
+                r = buf_printf(
+                    out, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", gauge_names[g], gauge_help[g],
+                    gauge_names[g], gauge_names[g],
+                    (long long)atomic_load_explicit(&m->gauges[g], memory_order_relaxed));
+        return r;
 }

@@ -1,18 +1,23 @@
-/* Unit tests of the metrics exposition: counts by code, a consistent histogram. */
+/* Unit tests of the metrics exposition: every family, consistent histograms, label escaping. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ctxhookd/metrics.h"
 
+/* The value of the sample line "series value" (a whole line, not a HELP text mentioning it). */
 static unsigned long long value_of(const char *text, const char *series)
 {
-        const char *p = strstr(text, series);
+        char needle[512];
+        const char *p;
         unsigned long long v = 0;
 
+        snprintf(needle, sizeof(needle), "\n%s ", series);
+        p = strstr(text, needle);
         cr_assert_not_null(p, "series %s missing in:\n%s", series, text);
-        cr_assert_eq(sscanf(p + strlen(series), " %llu", &v), 1);
+        cr_assert_eq(sscanf(p + strlen(needle), "%llu", &v), 1);
         return v;
 }
 
@@ -62,5 +67,74 @@ Test(metrics, render_respects_buffer_cap)
         buf_init(&out, 64);
         cr_assert_eq(metrics_render(m, &out), -E2BIG);
         cr_assert_null(out.data);
+        metrics_free(m);
+}
+
+Test(metrics, pipeline_families)
+{
+        struct metrics *m = metrics_new();
+        const char *hooks[] = {"notes-on-autoclose", "we\"ird\\hook"};
+        struct buf out;
+
+        cr_assert_eq(metrics_set_hooks(m, hooks, 2), 0);
+        metrics_event(m, METRICS_EVENT_QUEUED, 3);
+        metrics_event(m, METRICS_EVENT_IGNORED, 1);
+        metrics_event(m, METRICS_EVENT_DEAD, 2);
+        metrics_delivery(m, 0, METRICS_DELIVERY_DELIVERED, 0.004);
+        metrics_delivery(m, 0, METRICS_DELIVERY_RETRY, 0.5);
+        metrics_delivery(m, 1, METRICS_DELIVERY_DEAD, 0.02);
+        metrics_delivery(m, 7, METRICS_DELIVERY_DEAD, 0.02); /* no such hook: ignored */
+        metrics_gauge_set(m, METRICS_OUTBOX_DEPTH, 42);
+        metrics_gauge_set(m, METRICS_KAFKA_LAG, 7);
+        metrics_gauge_set(m, METRICS_DEAD_LETTERS, 2);
+        buf_init(&out, 1 << 20);
+        cr_assert_eq(metrics_render(m, &out), 0);
+        cr_assert_eq(value_of(out.data, "ctxhookd_events_total{result=\"queued\"}"), 3);
+        cr_assert_eq(value_of(out.data, "ctxhookd_events_total{result=\"ignored\"}"), 1);
+        cr_assert_eq(value_of(out.data, "ctxhookd_events_total{result=\"dead\"}"), 2);
+        cr_assert_eq(value_of(out.data, "ctxhookd_deliveries_total{hook=\"notes-on-autoclose\","
+                                        "result=\"delivered\"}"),
+                     1);
+        cr_assert_eq(value_of(out.data, "ctxhookd_deliveries_total{hook=\"notes-on-autoclose\","
+                                        "result=\"retry\"}"),
+                     1);
+        /* Label values are escaped as the exposition format requires. */
+        cr_assert_eq(
+            value_of(out.data,
+                     "ctxhookd_deliveries_total{hook=\"we\\\"ird\\\\hook\",result=\"dead\"}"),
+            1);
+        cr_assert_eq(value_of(out.data, "ctxhookd_delivery_duration_seconds_count"), 3);
+        cr_assert_eq(value_of(out.data, "ctxhookd_delivery_duration_seconds_bucket{le=\"0.005\"}"),
+                     1);
+        cr_assert_eq(value_of(out.data, "ctxhookd_outbox_depth"), 42);
+        cr_assert_eq(value_of(out.data, "ctxhookd_kafka_lag"), 7);
+        cr_assert_eq(value_of(out.data, "ctxhookd_dead_letters"), 2);
+        cr_assert(strstr(out.data, "# TYPE ctxhookd_outbox_depth gauge\n"));
+        cr_assert(strstr(out.data, "# TYPE ctxhookd_delivery_duration_seconds histogram\n"));
+        /* Every sample line belongs to a family announced by a TYPE line before it. */
+        char *copy = strdup(out.data), *save = NULL, fam[128] = "";
+        for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+                if (strncmp(l, "# TYPE ", 7) == 0) {
+                        sscanf(l + 7, "%127s", fam);
+                        continue;
+                }
+                if (l[0] == '#')
+                        continue;
+                cr_assert_eq(strncmp(l, fam, strlen(fam)), 0, "'%s' outside family %s", l, fam);
+        }
+        free(copy);
+        buf_free(&out);
+        metrics_free(m);
+}
+
+Test(metrics, too_many_hooks_are_refused)
+{
+        struct metrics *m = metrics_new();
+        const char *names[METRICS_HOOKS_MAX + 1];
+
+        for (size_t i = 0; i <= METRICS_HOOKS_MAX; i++)
+                names[i] = "h";
+        cr_assert_eq(metrics_set_hooks(m, names, METRICS_HOOKS_MAX + 1), -E2BIG);
+        cr_assert_eq(metrics_set_hooks(m, names, METRICS_HOOKS_MAX), 0);
         metrics_free(m);
 }
