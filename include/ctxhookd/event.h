@@ -60,7 +60,8 @@ const char *event_kind_name(enum event_kind k);
  * events' ids. default_account (may be NULL or "") is used for events without one.
  * Returns 0 with ret->n ≥ 1, or -EINVAL (-E2BIG when over max_bytes) with the reason in err:
  * the message is then a dead letter. The reason names the problem ("not valid JSON: … at
- * column 7", "no conversation id (general.convId)", "unknown cbotEventType 'X'", …). */
+ * column 7", "no conversation id (general.convId)", "unknown cbotEventType 'X'", …).
+ * -ENOMEM (out of memory) is not the message's fault. */
 int event_parse(const char *data, size_t len, size_t max_bytes, const char *source_id,
                 const char *default_account, int64_t now_ms, struct event_batch *ret,
                 struct ch_error *err);
