@@ -2,15 +2,17 @@
  * field, help), and every section one row of `sections[]`. Defaults, the INI file (read by
  * libinih), CTXHOOKD_<SECTION>_<KEY> environment overrides and config_print all walk those
  * tables, and every value from every origin goes through option_set(), so a new option is one
- * row. Problems are collected, not stopped at: the caller gets one line per problem, each
- * naming where the value came from (FILE:LINE, the environment variable, or the built-in
- * default), the section and the key. */
+ * row. Labelled sections ([hook "name"]) are rows too, filling one struct per label, and [kafka]
+ * also keeps keys that are not its rows for librdkafka. Problems are collected, not stopped at:
+ * the caller gets one line per problem, each naming where the value came from (FILE:LINE, the
+ * environment variable, or the built-in default), the section and the key. */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ini.h>
 #include <inttypes.h>
+#include <librdkafka/rdkafka.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -22,15 +24,22 @@
 
 #include "ctxhookd/cleanup.h"
 #include "ctxhookd/config.h"
+#include "ctxhookd/event.h"
+#include "ctxhookd/names.h"
+#include "ctxhookd/sign.h"
 
 /* Longest line accepted, without its line break. */
 #define LINE_MAX_CHARS 4096
-/* inih keeps at most this many characters of a section header (its MAX_SECTION - 1). */
-#define SECTION_MAX_CHARS 49
+/* Longest section header text accepted (between the brackets): room for [hook "<64 chars>"].
+ * inih itself keeps only 49 characters of it, so the header is taken from the line instead. */
+#define SECTION_MAX_CHARS 100
 /* A config file is a few kilobytes; anything near this is not one. */
 #define FILE_MAX_BYTES (1024 * 1024)
 /* config_print shows a set secret as this, never the secret itself. */
 #define SECRET_MASK "********"
+/* librdkafka properties in [kafka] beyond ctxhookd's own keys. */
+#define KAFKA_EXTRA_MAX 128
+#define HOOK_NAME_MAX   64
 
 enum option_type {
         OPT_STRING,    /* char *; min/max bound the length */
@@ -39,7 +48,13 @@ enum option_type {
         OPT_BOOL,      /* bool; true|false|yes|no|on|off|1|0 */
         OPT_ENUM,      /* char *; one of choices */
         OPT_HOST_PORT, /* char *; IPv4|localhost|[IPv6] ":" port 0…65535 */
+        OPT_LIST,      /* char **; comma-separated, NULL-terminated; "" = NULL; rule per item */
+        OPT_KINDS,     /* unsigned; comma-separated event kinds as enum event_kind bits */
 };
+
+/* An extra rule for a value (OPT_STRING, OPT_SECRET: when not empty) or for each item of an
+ * OPT_LIST. Returns 0, or -EINVAL with the reason in why; for a secret, never echoing it. */
+typedef int (*value_rule)(const char *s, char *why, size_t why_size);
 
 struct option {
         const char *section;
@@ -48,7 +63,9 @@ struct option {
         int64_t min, max;
         const char *unit;           /* OPT_INT: named next to the bounds in messages */
         const char *const *choices; /* OPT_ENUM: NULL-terminated */
-        const char *def;            /* parsed by option_set like any other value */
+        value_rule rule;            /* NULL = the type's checks are all */
+        const char *def;            /* parsed by option_set like any other value; NULL = the key
+                                       is required (file or environment) */
         size_t offset;              /* of the field in the section's struct (see struct section) */
         const char *help;           /* one line; config_print shows it as a comment */
 };
@@ -60,38 +77,61 @@ struct option {
          0 * sizeof(                                                                               \
                  char[__builtin_types_compatible_p(__typeof__(((type *)0)->field), ctype) ? 1      \
                                                                                           : -1]))
-#define CFG(field, ctype) FIELD(struct config, field, ctype)
+/* The struct the rows below fill: struct config for fixed sections; options[] redefines it
+ * before the rows of a labelled section. */
+#define ROW_STRUCT        struct config
+#define ROW(field, ctype) FIELD(ROW_STRUCT, field, ctype)
 
-#define STRING(s, k, field, lo, hi, d, h)                                                          \
+#define STRING(s, k, field, lo, hi, d, h) STRING_RULE(s, k, field, lo, hi, d, NULL, h)
+#define STRING_RULE(s, k, field, lo, hi, d, r, h)                                                  \
         {                                                                                          \
-                .section = s, .key = k, .type = OPT_STRING, .min = lo, .max = hi, .def = d,        \
-                .offset = CFG(field, char *), .help = h                                            \
+                .section = s, .key = k, .type = OPT_STRING, .min = lo, .max = hi, .rule = r,       \
+                .def = d, .offset = ROW(field, char *), .help = h                                  \
         }
-#define SECRET(s, k, field, lo, hi, h)                                                             \
+#define SECRET(s, k, field, lo, hi, h) SECRET_RULE(s, k, field, lo, hi, "", NULL, h)
+#define SECRET_RULE(s, k, field, lo, hi, d, r, h)                                                  \
         {                                                                                          \
-                .section = s, .key = k, .type = OPT_SECRET, .min = lo, .max = hi, .def = "",       \
-                .offset = CFG(field, char *), .help = h                                            \
+                .section = s, .key = k, .type = OPT_SECRET, .min = lo, .max = hi, .rule = r,       \
+                .def = d, .offset = ROW(field, char *), .help = h                                  \
         }
 #define INT(s, k, field, lo, hi, u, d, h)                                                          \
         {                                                                                          \
                 .section = s, .key = k, .type = OPT_INT, .min = lo, .max = hi, .unit = u,          \
-                .def = d, .offset = CFG(field, int64_t), .help = h                                 \
+                .def = d, .offset = ROW(field, int64_t), .help = h                                 \
         }
 #define BOOL(s, k, field, d, h)                                                                    \
         {                                                                                          \
-                .section = s, .key = k, .type = OPT_BOOL, .def = d, .offset = CFG(field, bool),    \
+                .section = s, .key = k, .type = OPT_BOOL, .def = d, .offset = ROW(field, bool),    \
                 .help = h                                                                          \
         }
 #define ENUM(s, k, field, c, d, h)                                                                 \
         {                                                                                          \
                 .section = s, .key = k, .type = OPT_ENUM, .choices = c, .def = d,                  \
-                .offset = CFG(field, char *), .help = h                                            \
+                .offset = ROW(field, char *), .help = h                                            \
         }
 #define HOST_PORT(s, k, field, d, h)                                                               \
         {                                                                                          \
                 .section = s, .key = k, .type = OPT_HOST_PORT, .def = d,                           \
-                .offset = CFG(field, char *), .help = h                                            \
+                .offset = ROW(field, char *), .help = h                                            \
         }
+#define LIST(s, k, field, r, h)                                                                    \
+        {                                                                                          \
+                .section = s, .key = k, .type = OPT_LIST, .rule = r, .def = "",                    \
+                .offset = ROW(field, char **), .help = h                                           \
+        }
+#define KINDS(s, k, field, d, h)                                                                   \
+        {                                                                                          \
+                .section = s, .key = k, .type = OPT_KINDS, .def = d,                               \
+                .offset = ROW(field, unsigned), .help = h                                          \
+        }
+
+static int rule_brokers(const char *s, char *why, size_t why_size);
+static int rule_topic(const char *s, char *why, size_t why_size);
+static int rule_account(const char *s, char *why, size_t why_size);
+static int rule_close_reason(const char *s, char *why, size_t why_size);
+static int rule_namespace(const char *s, char *why, size_t why_size);
+static int rule_url(const char *s, char *why, size_t why_size);
+static int rule_signing_secret(const char *s, char *why, size_t why_size);
 
 static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
 
@@ -119,29 +159,100 @@ static const struct option options[] = {
         "read cache slots for API keys and single properties (values up to 1 KiB); 0 = off"),
     ENUM("log", "level", log.level, log_levels, "info",
          "messages above this level are dropped: error|warning|notice|info|debug"),
+    STRING_RULE("kafka", "brokers", kafka.brokers, 0, 4095, "", rule_brokers,
+                "bootstrap servers host:port,...; \"embedded\" = an in-process broker for "
+                "trials; empty = no Kafka consumer"),
+    STRING_RULE("kafka", "topic", kafka.topic, 1, 249, "conversation-events", rule_topic,
+                "topic the conversation events are read from"),
+    STRING("kafka", "group", kafka.group, 1, 255, "ctxhookd",
+           "consumer group; instances with the same group share the partitions"),
+    STRING_RULE("kafka", "account", kafka.account, 0, 64, "", rule_account,
+                "account id for events that carry none (Functions payloads); empty = none"),
+    INT("kafka", "max_message_bytes", kafka.max_message_bytes, 1024, 67108864, "bytes", "1048576",
+        "larger messages become dead letters"),
+    INT("delivery", "max_in_flight", delivery.max_in_flight, 1, 1024, NULL, "64",
+        "webhook calls in progress at once"),
+    INT("delivery", "outbox_max", delivery.outbox_max, 100, 100000000, NULL, "100000",
+        "queued deliveries above which consuming pauses"),
+    INT("delivery", "retry_base_ms", delivery.retry_base_ms, 10, 3600000, "milliseconds", "1000",
+        "first back-off after a failed attempt; doubles per attempt, with jitter"),
+    INT("delivery", "retry_max_ms", delivery.retry_max_ms, 100, 86400000, "milliseconds", "300000",
+        "longest back-off (also caps Retry-After); at least retry_base_ms"),
+    INT("delivery", "retention_s", delivery.retention_s, 60, 31536000, "seconds", "604800",
+        "how long delivered events are remembered to drop a second copy"),
+#undef ROW_STRUCT
+#define ROW_STRUCT struct config_hook
+    KINDS("hook", "on", on, NULL,
+          "event kinds, comma separated: conversation.end|idle|new|routing|participants|ttr "
+          "(required)"),
+    LIST("hook", "close_reason", close_reasons, rule_close_reason,
+         "only events with one of these close reasons, comma separated (SYSTEM,TIMEOUT,AGENT,"
+         "CONSUMER...); empty = any"),
+    LIST("hook", "namespaces", namespaces, rule_namespace,
+         "Context API namespaces whose session of the conversation is sent along, comma "
+         "separated; empty = none"),
+    STRING_RULE("hook", "url", url, 1, 2048, NULL, rule_url,
+                "where the event is POSTed: http:// or https:// URL (required)"),
+    SECRET_RULE("hook", "secret", secret, 1, 1024, NULL, rule_signing_secret,
+                "Standard Webhooks signing key whsec_<base64 of 16-64 bytes> (required)"),
+    SECRET("hook", "bearer_token", bearer_token, 1, 2048,
+           "sent as Authorization: Bearer; empty = no Authorization header"),
+    INT("hook", "timeout_ms", timeout_ms, 100, 300000, "milliseconds", "5000",
+        "time one attempt may take"),
+    INT("hook", "max_attempts", max_attempts, 1, 100, NULL, "8",
+        "attempts before the delivery becomes a dead letter"),
+    BOOL("hook", "clear_after", clear_after, "false",
+         "true: delete the gathered sessions of the conversation once delivered"),
+#undef ROW_STRUCT
 };
 
 /* A section of the file. A fixed section ([api]) fills struct config directly: its rows'
  * offsets are offsetof(struct config, …). A labelled section ([hook "name"], may repeat with
- * different names) sets `labelled` and `instance`, which finds or creates the struct the
- * label's options live in; its rows' offsets are relative to that struct, and the parser fills
- * a new instance with the rows' defaults before the file's values. A section that also takes
- * free-form keys ([kafka]: anything librdkafka knows) sets `extra_key`; keys not in the table
- * go there instead of being errors. */
+ * different names) sets `labelled`, `instance`, which creates the struct the label's options
+ * live in, and `nth`, which walks those structs; its rows' offsets are relative to that struct,
+ * and the parser fills a new instance with the rows' defaults before the file's values. A label
+ * may appear once. A section that also takes free-form keys ([kafka]: anything librdkafka
+ * knows) sets `extra_key` (and `print_extra`); keys not in the table go there instead of being
+ * errors. `release` frees what instance and extra_key allocated besides the rows' fields. */
 struct section {
         const char *name;
         bool labelled;
-        /* Returns 1 and *ret_base for a new instance, 0 for one seen before, or -ENOMEM. */
-        int (*instance)(struct config *c, const char *label, void **ret_base);
+        /* Returns 1 and *ret_base for a new instance, 0 and *ret_base for one seen before,
+         * -EINVAL with the reason in why, or -ENOMEM. */
+        int (*instance)(struct config *c, const char *label, void **ret_base, char *why,
+                        size_t why_size);
+        /* The i-th instance and its label, or NULL past the last. */
+        void *(*nth)(const struct config *c, size_t i, const char **ret_label);
         /* Returns 0, or -EINVAL with the reason in why, or -ENOMEM. */
         int (*extra_key)(struct config *c, void *base, const char *key, const char *value,
                          char *why, size_t why_size);
+        int (*print_extra)(const struct config *c, FILE *out);
+        void (*release)(struct config *c);
 };
+
+static int hook_instance(struct config *c, const char *label, void **ret_base, char *why,
+                         size_t why_size);
+static void *hook_nth(const struct config *c, size_t i, const char **ret_label);
+static void hooks_release(struct config *c);
+static int kafka_extra_key(struct config *c, void *base, const char *key, const char *value,
+                           char *why, size_t why_size);
+static int kafka_print_extra(const struct config *c, FILE *out);
+static void kafka_release(struct config *c);
 
 static const struct section sections[] = {
     {.name = "api"},
     {.name = "store"},
     {.name = "log"},
+    {.name = "kafka",
+     .extra_key = kafka_extra_key,
+     .print_extra = kafka_print_extra,
+     .release = kafka_release},
+    {.name = "delivery"},
+    {.name = "hook",
+     .labelled = true,
+     .instance = hook_instance,
+     .nth = hook_nth,
+     .release = hooks_release},
 };
 
 #define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
@@ -156,7 +267,20 @@ struct origin {
 /* A key already set from the file, to refuse a second assignment. */
 struct seen {
         const void *base;
+        const struct option *opt; /* NULL for an extra key */
+        char *extra;              /* the extra key, owned */
+        unsigned line;
+};
+
+/* A value that was refused, so that its key is not also reported as missing. */
+struct refused {
+        const void *base;
         const struct option *opt;
+};
+
+/* The header line of a labelled section's instance, for duplicates and missing keys. */
+struct instance_line {
+        const void *base;
         unsigned line;
 };
 
@@ -175,6 +299,10 @@ struct load {
         unsigned syntax_line;              /* first line reported as a syntax error */
         struct seen *seen;
         size_t n_seen;
+        struct instance_line *instances;
+        size_t n_instances;
+        struct refused *refused;
+        size_t n_refused;
         unsigned n_problems;
         bool oom;
         struct ch_error *err;
@@ -349,13 +477,303 @@ static int check_text(const struct option *opt, const char *s, char *why, size_t
         return 0;
 }
 
+/* "", "embedded", or host[:port] items separated by commas, as librdkafka's bootstrap.servers. */
+static int rule_brokers(const char *s, char *why, size_t why_size)
+{
+        const char *p = s;
+
+        if (strcmp(s, "embedded") == 0)
+                return 0;
+        for (;;) {
+                size_t n = strcspn(p, ",");
+
+                for (size_t i = 0; i < n; i++) {
+                        if (isspace((unsigned char)p[i])) {
+                                snprintf(why, why_size,
+                                         "\"%.80s\" is not host:port[,host:port...] (no spaces)",
+                                         s);
+                                return -EINVAL;
+                        }
+                }
+                if (n == 0) {
+                        snprintf(why, why_size, "\"%.80s\" has an empty item between commas", s);
+                        return -EINVAL;
+                }
+                if (p[n] == '\0')
+                        return 0;
+                p += n + 1;
+        }
+}
+
+/* Kafka's own rule for topic names. */
+static int rule_topic(const char *s, char *why, size_t why_size)
+{
+        static const char allowed[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                      "0123456789._-";
+
+        if (s[strspn(s, allowed)] != '\0' || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) {
+                snprintf(why, why_size,
+                         "\"%.80s\" is not a Kafka topic name (A-Z a-z 0-9 . _ -, not \".\" or "
+                         "\"..\")",
+                         s);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static int rule_account(const char *s, char *why, size_t why_size)
+{
+        struct ch_error err = {{0}};
+        int r;
+
+        r = names_check_account(s, &err);
+        if (r < 0)
+                snprintf(why, why_size, "\"%.80s\" is not an account id: %s", s, err.msg);
+        return r;
+}
+
+static int rule_close_reason(const char *s, char *why, size_t why_size)
+{
+        size_t n = strlen(s);
+
+        if (n > EVENT_REASON_MAX || s[strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_")] != '\0') {
+                snprintf(why, why_size,
+                         "\"%.80s\" is not a close reason (1-%d of A-Z and _, like SYSTEM or "
+                         "TIMEOUT)",
+                         s, EVENT_REASON_MAX);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static int rule_namespace(const char *s, char *why, size_t why_size)
+{
+        struct ch_error err = {{0}};
+        int r;
+
+        r = names_check_namespace(s, &err);
+        if (r < 0)
+                snprintf(why, why_size, "%s", err.msg);
+        return r;
+}
+
+/* http:// or https://, a host (name, IPv4 or [IPv6]), an optional port, then anything curl
+ * takes as it is. Credentials in the URL are refused: check-config prints URLs in clear. */
+static int rule_url(const char *s, char *why, size_t why_size)
+{
+        const char *host, *end, *port;
+        size_t n;
+
+        if (strncasecmp(s, "http://", 7) == 0) {
+                host = s + 7;
+        } else if (strncasecmp(s, "https://", 8) == 0) {
+                host = s + 8;
+        } else {
+                snprintf(why, why_size, "\"%.80s\" is not an http:// or https:// URL", s);
+                return -EINVAL;
+        }
+        for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+                if (*p <= ' ' || *p >= 0x7f) {
+                        snprintf(why, why_size,
+                                 "\"%.80s\" contains a space or a character that must be "
+                                 "percent-encoded",
+                                 s);
+                        return -EINVAL;
+                }
+        }
+        end = host + strcspn(host, "/?#");
+        if (memchr(host, '@', (size_t)(end - host))) {
+                snprintf(why, why_size,
+                         "the URL must not hold credentials (user@host); use bearer_token");
+                return -EINVAL;
+        }
+        if (*host == '[') {
+                port = memchr(host, ']', (size_t)(end - host));
+                if (!port || port == host + 1) {
+                        snprintf(why, why_size, "\"%.80s\" has no valid [IPv6] host", s);
+                        return -EINVAL;
+                }
+                port++;
+        } else {
+                port = memchr(host, ':', (size_t)(end - host));
+                if (!port)
+                        port = end;
+                if (port == host) {
+                        snprintf(why, why_size, "\"%.80s\" has no host", s);
+                        return -EINVAL;
+                }
+        }
+        if (port == end)
+                return 0;
+        n = (size_t)(end - port - 1);
+        if (*port != ':' || n == 0 || n > 5 || strspn(port + 1, "0123456789") < n ||
+            strtol(port + 1, NULL, 10) > 65535 || strtol(port + 1, NULL, 10) == 0) {
+                snprintf(why, why_size, "\"%.80s\" has no valid port after the host (1-65535)", s);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+/* The reason comes from sign_key_parse, which promises not to echo the secret; it is dropped
+ * anyway should it ever contain it, since config errors end up in logs. */
+static int rule_signing_secret(const char *s, char *why, size_t why_size)
+{
+        struct ch_error err = {{0}};
+        struct sign_key key;
+        int r;
+
+        r = sign_key_parse(s, &key, &err);
+        explicit_bzero(&key, sizeof(key));
+        if (r >= 0)
+                return 0;
+        if (strstr(err.msg, s) || !err.msg[0])
+                snprintf(err.msg, sizeof(err.msg), "not a valid signing secret");
+        snprintf(why, why_size, "%s (expected whsec_ and the base64 of %d-%d bytes)", err.msg,
+                 SIGN_KEY_MIN, SIGN_KEY_MAX);
+        explicit_bzero(&err, sizeof(err));
+        return -EINVAL;
+}
+
+static char **strv_free(char **v)
+{
+        if (!v)
+                return NULL;
+        for (char **p = v; *p; p++)
+                free(*p);
+        free(v);
+        return NULL;
+}
+
+static void strv_freep(char ***v)
+{
+        strv_free(*v);
+}
+
+/* Splits "a, b,c" into trimmed items; all blank text is no items (*ret = NULL). Empty items
+ * and more than CONFIG_LIST_MAX items are refused. */
+static int list_split(const char *text, char ***ret, char *why, size_t why_size)
+{
+        _cleanup_(strv_freep) char **items = NULL;
+        const char *p = text;
+        size_t n = 1, i = 0;
+
+        if (text[strspn(text, " \t")] == '\0') {
+                *ret = NULL;
+                return 0;
+        }
+        for (const char *q = text; *q; q++)
+                n += *q == ',';
+        if (n > CONFIG_LIST_MAX) {
+                snprintf(why, why_size, "more than %d items", CONFIG_LIST_MAX);
+                return -EINVAL;
+        }
+        items = calloc(n + 1, sizeof(*items));
+        if (!items)
+                return -ENOMEM;
+        for (;;) {
+                size_t len = strcspn(p, ",");
+                const char *start = p;
+
+                while (len > 0 && isspace((unsigned char)*start)) {
+                        start++;
+                        len--;
+                }
+                while (len > 0 && isspace((unsigned char)start[len - 1]))
+                        len--;
+                if (len == 0) {
+                        snprintf(why, why_size, "item %zu of the list is empty", i + 1);
+                        return -EINVAL;
+                }
+                items[i] = strndup(start, len);
+                if (!items[i])
+                        return -ENOMEM;
+                i++;
+                p += strcspn(p, ",");
+                if (*p == '\0')
+                        break;
+                p++;
+        }
+        *ret = TAKE_PTR(items);
+        return 0;
+}
+
+static int list_parse(const struct option *opt, const char *text, char ***ret, char *why,
+                      size_t why_size)
+{
+        _cleanup_(strv_freep) char **items = NULL;
+        int r;
+
+        r = list_split(text, &items, why, why_size);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; items && items[i]; i++) {
+                if (opt->rule) {
+                        r = opt->rule(items[i], why, why_size);
+                        if (r < 0)
+                                return r;
+                }
+                for (size_t j = 0; j < i; j++) {
+                        if (strcmp(items[i], items[j]) == 0) {
+                                snprintf(why, why_size, "\"%.80s\" is listed twice", items[i]);
+                                return -EINVAL;
+                        }
+                }
+        }
+        *ret = TAKE_PTR(items);
+        return 0;
+}
+
+static void describe_kinds(char *out, size_t size)
+{
+        size_t len = 0;
+
+        out[0] = '\0';
+        for (unsigned bit = 1; (bit & EVENT_KIND_ALL) && len < size; bit <<= 1)
+                len += (size_t)snprintf(out + len, size - len, "%s%s", bit > 1 ? "|" : "",
+                                        event_kind_name((enum event_kind)bit));
+}
+
+static int kinds_parse(const char *text, unsigned *ret, char *why, size_t why_size)
+{
+        _cleanup_(strv_freep) char **items = NULL;
+        char kinds[256];
+        unsigned bits = 0, k;
+        int r;
+
+        r = list_split(text, &items, why, why_size);
+        if (r < 0)
+                return r;
+        if (!items) {
+                describe_kinds(kinds, sizeof(kinds));
+                snprintf(why, why_size, "must name at least one event kind (%s)", kinds);
+                return -EINVAL;
+        }
+        for (size_t i = 0; items[i]; i++) {
+                k = event_kind_from_string(items[i]);
+                if (k == 0) {
+                        describe_kinds(kinds, sizeof(kinds));
+                        snprintf(why, why_size, "\"%.80s\" is not an event kind (%s)", items[i],
+                                 kinds);
+                        return -EINVAL;
+                }
+                if (bits & k) {
+                        snprintf(why, why_size, "\"%.80s\" is listed twice", items[i]);
+                        return -EINVAL;
+                }
+                bits |= k;
+        }
+        *ret = bits;
+        return 0;
+}
+
 /* Parses text as the option's type and stores it in its field, replacing what was there.
  * Returns 0, -EINVAL with the reason (without origin) in why and the field unchanged, or
  * -ENOMEM. */
 static int option_set(const struct option *opt, void *base, const char *text, char *why,
                       size_t why_size)
 {
-        char bounds[256], *end, *copy, **str;
+        char bounds[256], *end, *copy, **str, **list = NULL;
+        unsigned bits = 0;
         int64_t v;
         bool b;
         int r;
@@ -383,6 +801,19 @@ static int option_set(const struct option *opt, void *base, const char *text, ch
                 }
                 *(bool *)field_of(base, opt) = b;
                 return 0;
+        case OPT_LIST:
+                r = list_parse(opt, text, &list, why, why_size);
+                if (r < 0)
+                        return r;
+                strv_free(*(char ***)field_of(base, opt));
+                *(char ***)field_of(base, opt) = list;
+                return 0;
+        case OPT_KINDS:
+                r = kinds_parse(text, &bits, why, why_size);
+                if (r < 0)
+                        return r;
+                *(unsigned *)field_of(base, opt) = bits;
+                return 0;
         case OPT_ENUM:
                 r = -EINVAL;
                 for (size_t i = 0; opt->choices[i]; i++)
@@ -408,6 +839,11 @@ static int option_set(const struct option *opt, void *base, const char *text, ch
                 r = check_text(opt, text, why, why_size);
                 if (r < 0)
                         return r;
+                if (opt->rule && text[0]) {
+                        r = opt->rule(text, why, why_size);
+                        if (r < 0)
+                                return r;
+                }
                 break;
         }
 
@@ -424,13 +860,47 @@ static int option_set(const struct option *opt, void *base, const char *text, ch
 
 static bool is_string_type(enum option_type t)
 {
-        return t != OPT_INT && t != OPT_BOOL;
+        return t == OPT_STRING || t == OPT_SECRET || t == OPT_ENUM || t == OPT_HOST_PORT;
+}
+
+/* Whether a required option got a value: a string that is not empty, a list of kinds. */
+static bool option_has_value(const struct option *opt, const void *base)
+{
+        const void *field = const_field_of(base, opt);
+        const char *s;
+
+        if (opt->type == OPT_KINDS)
+                return *(const unsigned *)field != 0;
+        if (opt->type == OPT_LIST)
+                return *(char *const *const *)field != NULL;
+        if (!is_string_type(opt->type))
+                return true;
+        s = *(char *const *)field;
+        return s && *s;
+}
+
+static void option_free(const struct option *opt, void *base)
+{
+        void *field = field_of(base, opt);
+        char **str = field;
+
+        if (opt->type == OPT_LIST) {
+                *(char ***)field = strv_free(*(char ***)field);
+                return;
+        }
+        if (!is_string_type(opt->type))
+                return;
+        if (*str && opt->type == OPT_SECRET)
+                explicit_bzero(*str, strlen(*str));
+        free(*str);
+        *str = NULL;
 }
 
 /* Sets the value and reports a refusal; false only when out of memory. */
 static bool set_reporting(struct load *l, const struct origin *o, const struct option *opt,
                           void *base, const char *where, const char *text)
 {
+        struct refused *grown;
         char why[512];
         int r;
 
@@ -439,24 +909,38 @@ static bool set_reporting(struct load *l, const struct origin *o, const struct o
                 l->oom = true;
                 return false;
         }
-        if (r < 0)
+        if (r < 0) {
                 value_problem(l, o, opt, where, why);
+                grown = realloc(l->refused, (l->n_refused + 1) * sizeof(*grown));
+                if (!grown) {
+                        l->oom = true;
+                        return false;
+                }
+                l->refused = grown;
+                l->refused[l->n_refused++] = (struct refused){base, opt};
+        }
         return true;
 }
 
+/* Rows without a default are required: they stay unset until the file or environment sets
+ * them, and check_required() reports them. */
 static void apply_defaults(struct load *l, const struct section *sec, void *base)
 {
         const struct origin o = {0};
 
         for (size_t i = 0; i < ELEMENTSOF(options) && !l->oom; i++)
-                if (strcmp(options[i].section, sec->name) == 0)
+                if (strcmp(options[i].section, sec->name) == 0 && options[i].def)
                         set_reporting(l, &o, &options[i], base, "", options[i].def);
 }
 
-/* CTXHOOKD_<SECTION>_<KEY>, upper case, anything but letters and digits as "_". */
-static void env_name(const struct option *opt, char *out, size_t size)
+/* CTXHOOKD_<SECTION>_<KEY>, or CTXHOOKD_<SECTION>_<LABEL>_<KEY> for a labelled section, upper
+ * case, anything but letters and digits as "_". */
+static void env_name(const struct option *opt, const char *label, char *out, size_t size)
 {
-        snprintf(out, size, "CTXHOOKD_%s_%s", opt->section, opt->key);
+        if (label)
+                snprintf(out, size, "CTXHOOKD_%s_%s_%s", opt->section, label, opt->key);
+        else
+                snprintf(out, size, "CTXHOOKD_%s_%s", opt->section, opt->key);
         for (char *p = out; *p; p++)
                 *p = isalnum((unsigned char)*p) ? (char)toupper((unsigned char)*p) : '_';
 }
@@ -469,39 +953,6 @@ static const struct section *section_find(const char *name)
         return NULL;
 }
 
-/* Environment values are trimmed like the file's, so both say the same thing. */
-static void apply_environment(struct load *l)
-{
-        for (size_t i = 0; i < ELEMENTSOF(options) && !l->oom; i++) {
-                const struct option *opt = &options[i];
-                const struct section *sec = section_find(opt->section);
-                _cleanup_free_ char *value = NULL;
-                char name[128];
-                const char *env;
-                size_t n;
-
-                if (!sec || sec->labelled)
-                        continue;
-                env_name(opt, name, sizeof(name));
-                env = getenv(name);
-                if (!env)
-                        continue;
-                while (isspace((unsigned char)*env))
-                        env++;
-                n = strlen(env);
-                while (n > 0 && isspace((unsigned char)env[n - 1]))
-                        n--;
-                value = strndup(env, n);
-                if (!value) {
-                        l->oom = true;
-                        return;
-                }
-                set_reporting(l, &(const struct origin){.env = name}, opt, l->config, "", value);
-                if (opt->type == OPT_SECRET)
-                        explicit_bzero(value, n);
-        }
-}
-
 static const struct option *option_find(const struct section *sec, const char *key)
 {
         for (size_t i = 0; i < ELEMENTSOF(options); i++)
@@ -510,22 +961,319 @@ static const struct option *option_find(const struct section *sec, const char *k
         return NULL;
 }
 
-/* Judges the header text inih read ("api" or "hook \"name\"") and makes it the section the
- * following keys go to. A bad header is reported once, here, and its keys are skipped. */
+/* The "[hook \"x\"]" of an instance (or "[api]"), for messages. */
+static void describe_section(const struct section *sec, const char *label, char *out, size_t size)
+{
+        if (label)
+                snprintf(out, size, "[%s \"%s\"]", sec->name, label);
+        else
+                snprintf(out, size, "[%s]", sec->name);
+}
+
+/* Two labels that differ only where the variable name has "_" ("a-b", "a.b", "A_B") share
+ * their variables; such a variable is refused rather than applied to one of them. Whether an
+ * instance other than `self`, from the `from`-th on, has `name` as its variable for opt; its
+ * label in *ret_other. */
+static bool env_label_clash(const struct section *sec, const struct config *c, size_t self,
+                            size_t from, const struct option *opt, const char *name,
+                            const char **ret_other)
+{
+        char other[256];
+        const char *label;
+
+        for (size_t j = from; sec->nth(c, j, &label); j++) {
+                if (j == self)
+                        continue;
+                env_name(opt, label, other, sizeof(other));
+                if (strcmp(other, name) == 0) {
+                        *ret_other = label;
+                        return true;
+                }
+        }
+        return false;
+}
+
+/* Environment values are trimmed like the file's, so both say the same thing. */
+static void apply_env_value(struct load *l, const struct option *opt, void *base, const char *where,
+                            const char *name, const char *env)
+{
+        _cleanup_free_ char *value = NULL;
+        size_t n;
+
+        while (isspace((unsigned char)*env))
+                env++;
+        n = strlen(env);
+        while (n > 0 && isspace((unsigned char)env[n - 1]))
+                n--;
+        value = strndup(env, n);
+        if (!value) {
+                l->oom = true;
+                return;
+        }
+        set_reporting(l, &(const struct origin){.env = name}, opt, base, where, value);
+        if (opt->type == OPT_SECRET)
+                explicit_bzero(value, n);
+}
+
+/* Variables of fixed sections, then of the labelled instances the file defined. */
+static void apply_environment(struct load *l)
+{
+        for (size_t i = 0; i < ELEMENTSOF(options) && !l->oom; i++) {
+                const struct option *opt = &options[i];
+                const struct section *sec = section_find(opt->section);
+                const char *label, *other, *env;
+                char name[256], where[SECTION_MAX_CHARS + 8];
+                void *base;
+
+                if (!sec->labelled) {
+                        env_name(opt, NULL, name, sizeof(name));
+                        env = getenv(name);
+                        if (env)
+                                apply_env_value(l, opt, l->config, "", name, env);
+                        continue;
+                }
+                for (size_t j = 0; (base = sec->nth(l->config, j, &label)) && !l->oom; j++) {
+                        env_name(opt, label, name, sizeof(name));
+                        env = getenv(name);
+                        if (!env)
+                                continue;
+                        /* A clash is reported once, by the last instance involved. */
+                        if (env_label_clash(sec, l->config, j, j + 1, opt, name, &other))
+                                continue;
+                        if (env_label_clash(sec, l->config, j, 0, opt, name, &other)) {
+                                problem(l,
+                                        "environment %s: applies to both [%s \"%s\"] and [%s "
+                                        "\"%s\"]; rename one of them",
+                                        name, sec->name, other, sec->name, label);
+                                continue;
+                        }
+                        describe_section(sec, label, where, sizeof(where));
+                        apply_env_value(l, opt, base, where, name, env);
+                }
+        }
+}
+
+static bool is_hook_name(const char *s)
+{
+        size_t n = strlen(s);
+
+        return n >= 1 && n <= HOOK_NAME_MAX &&
+               strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") == n;
+}
+
+/* The array has room for CONFIG_HOOKS_MAX from the first hook on, so that the instance pointers
+ * the parser holds (the current section, the keys seen) stay valid while hooks are added. */
+static int hook_instance(struct config *c, const char *label, void **ret_base, char *why,
+                         size_t why_size)
+{
+        struct config_hook *h;
+        char *name;
+
+        for (size_t i = 0; i < c->n_hooks; i++) {
+                if (strcmp(c->hooks[i].name, label) == 0) {
+                        *ret_base = &c->hooks[i];
+                        return 0;
+                }
+        }
+        if (!is_hook_name(label)) {
+                snprintf(why, why_size, "a hook name is 1-%d characters of A-Z a-z 0-9 _ . -",
+                         HOOK_NAME_MAX);
+                return -EINVAL;
+        }
+        if (c->n_hooks == CONFIG_HOOKS_MAX) {
+                snprintf(why, why_size, "more than %d hooks", CONFIG_HOOKS_MAX);
+                return -EINVAL;
+        }
+        if (!c->hooks) {
+                c->hooks = calloc(CONFIG_HOOKS_MAX, sizeof(*c->hooks));
+                if (!c->hooks)
+                        return -ENOMEM;
+        }
+        name = strdup(label);
+        if (!name)
+                return -ENOMEM;
+        h = &c->hooks[c->n_hooks++];
+        h->name = name;
+        *ret_base = h;
+        return 1;
+}
+
+static void *hook_nth(const struct config *c, size_t i, const char **ret_label)
+{
+        if (i >= c->n_hooks)
+                return NULL;
+        if (ret_label)
+                *ret_label = c->hooks[i].name;
+        return &c->hooks[i];
+}
+
+static void hooks_release(struct config *c)
+{
+        for (size_t i = 0; i < c->n_hooks; i++)
+                free(c->hooks[i].name);
+        free(c->hooks);
+        c->hooks = NULL;
+        c->n_hooks = 0;
+}
+
+/* librdkafka properties that ctxhookd sets itself, and what to do instead. */
+static const struct {
+        const char *key, *instead;
+} kafka_managed[] = {
+    {"bootstrap.servers", "use [kafka] brokers"},
+    {"metadata.broker.list", "use [kafka] brokers"},
+    {"group.id", "use [kafka] group"},
+    {"enable.auto.offset.store",
+     "ctxhookd stores an offset only once the event's deliveries are queued"},
+    {"enable.auto.commit", "ctxhookd commits the offsets it has stored"},
+};
+
+/* A property whose value may be a credential: masked by config_print. Errs on the side of
+ * masking (ssl.keystore.location is masked too). */
+static bool kafka_key_is_secret(const char *key)
+{
+        static const char *const words[] = {"password", "secret", "key", "token"};
+
+        for (size_t i = 0; i < ELEMENTSOF(words); i++)
+                if (strstr(key, words[i]))
+                        return true;
+        return false;
+}
+
+/* Asks librdkafka itself whether it knows the property and takes the value, so that a typo is
+ * an error with file and line now rather than when the consumer starts. Plugins are loaded by
+ * merely setting plugin.library.paths, which checking a file must not do. */
+static int kafka_property_check(const char *key, const char *value, bool secret, char *why,
+                                size_t why_size)
+{
+        char errstr[512] = "";
+        rd_kafka_conf_t *conf;
+        rd_kafka_conf_res_t res;
+
+        if (strcmp(key, "plugin.library.paths") == 0)
+                return 0;
+        conf = rd_kafka_conf_new();
+        if (!conf)
+                return -ENOMEM;
+        res = rd_kafka_conf_set(conf, key, value, errstr, sizeof(errstr));
+        rd_kafka_conf_destroy(conf);
+        if (res == RD_KAFKA_CONF_OK)
+                return 0;
+        if (res == RD_KAFKA_CONF_UNKNOWN)
+                snprintf(why, why_size,
+                         "unknown key (neither a ctxhookd option nor a librdkafka property)");
+        else if (secret)
+                snprintf(why, why_size, "librdkafka refuses the value");
+        else
+                snprintf(why, why_size, "librdkafka refuses it: %s", errstr);
+        return -EINVAL;
+}
+
+static int kafka_extra_key(struct config *c, void *base, const char *key, const char *value,
+                           char *why, size_t why_size)
+{
+        bool secret = kafka_key_is_secret(key);
+        const struct option text = {.section = "kafka",
+                                    .key = key,
+                                    .type = secret ? OPT_SECRET : OPT_STRING,
+                                    .min = 1,
+                                    .max = LINE_MAX_CHARS};
+        _cleanup_free_ char *k = NULL, *v = NULL;
+        struct config_kv *grown;
+        int r;
+
+        (void)base;
+        if (!*key || key[strspn(key, "abcdefghijklmnopqrstuvwxyz0123456789._")] != '\0') {
+                snprintf(why, why_size,
+                         "unknown key (other keys of [kafka] are librdkafka properties: a-z 0-9 "
+                         ". _)");
+                return -EINVAL;
+        }
+        for (size_t i = 0; i < ELEMENTSOF(kafka_managed); i++) {
+                if (strcmp(key, kafka_managed[i].key) == 0) {
+                        snprintf(why, why_size, "set by ctxhookd itself; %s",
+                                 kafka_managed[i].instead);
+                        return -EINVAL;
+                }
+        }
+        if (!*value) {
+                snprintf(why, why_size,
+                         "must not be empty (leave the key out for librdkafka's default)");
+                return -EINVAL;
+        }
+        r = check_text(&text, value, why, why_size);
+        if (r < 0)
+                return r;
+        r = kafka_property_check(key, value, secret, why, why_size);
+        if (r < 0)
+                return r;
+        if (c->kafka.n_extra == KAFKA_EXTRA_MAX) {
+                snprintf(why, why_size, "more than %d librdkafka properties", KAFKA_EXTRA_MAX);
+                return -EINVAL;
+        }
+        k = strdup(key);
+        v = strdup(value);
+        if (!k || !v)
+                return -ENOMEM;
+        grown = realloc(c->kafka.extra, (c->kafka.n_extra + 1) * sizeof(*grown));
+        if (!grown)
+                return -ENOMEM;
+        c->kafka.extra = grown;
+        c->kafka.extra[c->kafka.n_extra++] = (struct config_kv){TAKE_PTR(k), TAKE_PTR(v)};
+        return 0;
+}
+
+static int kafka_print_extra(const struct config *c, FILE *out)
+{
+        int r;
+
+        r = fprintf(out, "; other keys are librdkafka properties, passed on as they are\n");
+        for (size_t i = 0; i < c->kafka.n_extra && r >= 0; i++) {
+                const struct config_kv *kv = &c->kafka.extra[i];
+
+                r = fprintf(out, "%s = %s\n", kv->key,
+                            kafka_key_is_secret(kv->key) ? SECRET_MASK : kv->value);
+        }
+        return r < 0 ? -EIO : 0;
+}
+
+static void kafka_release(struct config *c)
+{
+        for (size_t i = 0; i < c->kafka.n_extra; i++) {
+                explicit_bzero(c->kafka.extra[i].value, strlen(c->kafka.extra[i].value));
+                free(c->kafka.extra[i].value);
+                free(c->kafka.extra[i].key);
+        }
+        free(c->kafka.extra);
+        c->kafka.extra = NULL;
+        c->kafka.n_extra = 0;
+}
+
+static unsigned instance_line(const struct load *l, const void *base)
+{
+        for (size_t i = 0; i < l->n_instances; i++)
+                if (l->instances[i].base == base)
+                        return l->instances[i].line;
+        return 0;
+}
+
+/* Judges the header text ("api" or "hook \"name\"") and makes it the section the following
+ * keys go to. A bad header is reported once, here, and its keys are skipped. */
 static void enter_section(struct load *l, const char *text)
 {
-        char name[SECTION_MAX_CHARS + 1], known[256];
+        char name[SECTION_MAX_CHARS + 1], known[256], why[512];
         const char *label = NULL, *rest;
         size_t n, len = 0, label_len = 0;
+        struct instance_line *grown;
         void *base;
         int r;
 
         l->in_section = true;
         l->skip_keys = true;
         l->sec = NULL;
-        if (strlen(text) >= SECTION_MAX_CHARS) {
+        if (strlen(text) > SECTION_MAX_CHARS) {
                 problem(l, "%s:%u: [%.20s…]: section header longer than %d characters", l->name,
-                        l->line, text, SECTION_MAX_CHARS - 1);
+                        l->line, text, SECTION_MAX_CHARS);
                 return;
         }
         n = strcspn(text, " \t");
@@ -569,13 +1317,28 @@ static void enter_section(struct load *l, const char *text)
 
                 memcpy(label_copy, label, label_len);
                 label_copy[label_len] = '\0';
-                r = l->sec->instance(l->config, label_copy, &base);
-                if (r < 0) {
+                r = l->sec->instance(l->config, label_copy, &base, why, sizeof(why));
+                if (r == -ENOMEM) {
                         l->oom = true;
                         return;
                 }
-                if (r > 0)
-                        apply_defaults(l, l->sec, base);
+                if (r < 0) {
+                        problem(l, "%s:%u: %s: %s", l->name, l->line, l->where, why);
+                        return;
+                }
+                if (r == 0) {
+                        problem(l, "%s:%u: %s: the name \"%s\" is already used on line %u", l->name,
+                                l->line, l->where, label_copy, instance_line(l, base));
+                        return;
+                }
+                grown = realloc(l->instances, (l->n_instances + 1) * sizeof(*grown));
+                if (!grown) {
+                        l->oom = true;
+                        return;
+                }
+                l->instances = grown;
+                l->instances[l->n_instances++] = (struct instance_line){base, l->line};
+                apply_defaults(l, l->sec, base);
         }
         l->base = base;
         l->skip_keys = false;
@@ -583,29 +1346,29 @@ static void enter_section(struct load *l, const char *text)
 
 struct probe {
         unsigned keys;
-        char section[SECTION_MAX_CHARS + 1];
 };
 
 static int probe_key(void *user, const char *section, const char *name, const char *value)
 {
         struct probe *p = user;
 
+        (void)section;
         (void)name;
         (void)value;
         p->keys++;
-        snprintf(p->section, sizeof(p->section), "%s", section);
         return 1;
 }
 
 /* inih reports only the first syntax error and says nothing about a header with no keys under
  * it. With continuation lines off, whether a line is well-formed does not depend on the lines
- * before it, so each line is also run through inih on its own, followed by a probe key whose
- * section is the header's name exactly as inih reads it. */
+ * before it, so each line is also run through inih on its own, followed by a probe key. The
+ * header text is taken from the line itself, as inih would up to its first "]", because inih
+ * cuts it to 49 characters. */
 static void judge_line(struct load *l, const char *line)
 {
         char text[LINE_MAX_CHARS + 16];
         struct probe p = {0};
-        const char *s = line;
+        const char *s = line, *close;
         int r;
 
         if (l->line == 1 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)
@@ -624,10 +1387,14 @@ static void judge_line(struct load *l, const char *line)
                 }
                 return;
         }
-        if (*s == '[' && r == 0 && p.keys == 1)
-                enter_section(l, p.section);
+        if (*s != '[' || r != 0 || p.keys != 1)
+                return;
+        close = strchr(s, ']');
+        if (!close)
+                return;
+        snprintf(text, sizeof(text), "%.*s", (int)(close - s - 1), s + 1);
+        enter_section(l, text);
 }
-
 /* inih's line reader: hands over one line at a time, so the line inih is on is always l->line. A
  * line too long for inih's buffer is reported and replaced by an empty one rather than split. */
 static char *read_line(char *buf, int size, void *stream)
@@ -664,7 +1431,7 @@ static int on_key(void *user, const char *section, const char *name, const char 
         const struct origin o = {.file = l->name, .line = l->line};
         const struct option *opt;
         struct seen *grown;
-        char why[512];
+        char why[512], *extra = NULL;
         int r;
 
         (void)section; /* judge_line tracked it, with the verdict on its header */
@@ -675,50 +1442,167 @@ static int on_key(void *user, const char *section, const char *name, const char 
                 return 1;
         }
         opt = option_find(l->sec, name);
-        if (!opt && l->sec->extra_key) {
-                r = l->sec->extra_key(l->config, l->base, name, value, why, sizeof(why));
-                if (r == -ENOMEM)
-                        l->oom = true;
-                else if (r < 0)
-                        problem(l, "%s:%u: %s %s: %s", l->name, l->line, l->where, name, why);
-                return 1;
-        }
-        if (!opt) {
+        if (!opt && !l->sec->extra_key) {
                 problem(l, "%s:%u: %s %s: unknown key", l->name, l->line, l->where, name);
                 return 1;
         }
         for (size_t i = 0; i < l->n_seen; i++) {
-                if (l->seen[i].base == l->base && l->seen[i].opt == opt) {
+                const struct seen *s = &l->seen[i];
+
+                if (s->base == l->base && s->opt == opt && (opt || strcmp(s->extra, name) == 0)) {
                         problem(l, "%s:%u: %s %s: duplicate key (first set on line %u)", l->name,
-                                l->line, l->where, name, l->seen[i].line);
+                                l->line, l->where, name, s->line);
+                        return 1;
+                }
+        }
+        if (!opt) {
+                extra = strdup(name);
+                if (!extra) {
+                        l->oom = true;
                         return 1;
                 }
         }
         grown = realloc(l->seen, (l->n_seen + 1) * sizeof(*l->seen));
         if (!grown) {
+                free(extra);
                 l->oom = true;
                 return 1;
         }
         l->seen = grown;
-        l->seen[l->n_seen++] = (struct seen){.base = l->base, .opt = opt, .line = l->line};
-        set_reporting(l, &o, opt, l->base, l->where, value);
+        l->seen[l->n_seen++] =
+            (struct seen){.base = l->base, .opt = opt, .extra = extra, .line = l->line};
+        if (opt) {
+                set_reporting(l, &o, opt, l->base, l->where, value);
+                return 1;
+        }
+        r = l->sec->extra_key(l->config, l->base, name, value, why, sizeof(why));
+        if (r == -ENOMEM)
+                l->oom = true;
+        else if (r < 0)
+                problem(l, "%s:%u: %s %s: %s", l->name, l->line, l->where, name, why);
         return 1;
+}
+
+/* Every instance of every section: the config itself for a fixed one (label NULL). */
+static void *section_nth(const struct section *sec, const struct config *c, size_t i,
+                         const char **ret_label)
+{
+        if (sec->labelled)
+                return sec->nth(c, i, ret_label);
+        *ret_label = NULL;
+        return i == 0 ? (void *)c : NULL;
+}
+
+static bool option_refused(const struct load *l, const struct option *opt, const void *base)
+{
+        for (size_t i = 0; i < l->n_refused; i++)
+                if (l->refused[i].opt == opt && l->refused[i].base == base)
+                        return true;
+        return false;
+}
+
+/* A required row that neither the file nor the environment set, named with the line of its
+ * section's header. A value that was refused has been reported already. */
+static void check_required(struct load *l)
+{
+        for (size_t s = 0; s < ELEMENTSOF(sections); s++) {
+                const struct section *sec = &sections[s];
+                char where[SECTION_MAX_CHARS + 8];
+                const char *label;
+                void *base;
+
+                for (size_t j = 0; (base = section_nth(sec, l->config, j, &label)); j++) {
+                        describe_section(sec, label, where, sizeof(where));
+                        for (size_t i = 0; i < ELEMENTSOF(options); i++) {
+                                const struct option *opt = &options[i];
+
+                                if (opt->def || strcmp(opt->section, sec->name) != 0 ||
+                                    option_has_value(opt, base) || option_refused(l, opt, base))
+                                        continue;
+                                if (label)
+                                        problem(l, "%s:%u: %s %s: required key missing", l->name,
+                                                instance_line(l, base), where, opt->key);
+                                else
+                                        problem(l, "%s: %s %s: required key missing", l->name,
+                                                where, opt->key);
+                        }
+                }
+        }
+}
+
+/* Where the value of a fixed section's option came from: the environment wins over the file
+ * line, which wins over the built-in default. */
+static void origin_of(const struct load *l, const struct option *opt, struct origin *ret, char *env,
+                      size_t env_size)
+{
+        env_name(opt, NULL, env, env_size);
+        *ret = (struct origin){0};
+        if (getenv(env)) {
+                ret->env = env;
+                return;
+        }
+        for (size_t i = 0; i < l->n_seen; i++) {
+                if (l->seen[i].opt == opt && l->seen[i].base == l->config) {
+                        ret->file = l->name;
+                        ret->line = l->seen[i].line;
+                }
+        }
+}
+
+/* Integer options of one fixed section that must not be smaller than another. */
+static const struct {
+        const char *section, *low, *high, *why;
+} ordered[] = {
+    {"delivery", "retry_base_ms", "retry_max_ms",
+     "the longest back-off cannot be shorter than the first"},
+};
+
+static void check_ordered(struct load *l)
+{
+        for (size_t i = 0; i < ELEMENTSOF(ordered); i++) {
+                const struct section *sec = section_find(ordered[i].section);
+                const struct option *low = option_find(sec, ordered[i].low);
+                const struct option *high = option_find(sec, ordered[i].high);
+                int64_t lo = *(const int64_t *)const_field_of(l->config, low);
+                int64_t hi = *(const int64_t *)const_field_of(l->config, high);
+                char env[256], why[512], where[SECTION_MAX_CHARS + 8];
+                struct origin o;
+
+                if (lo <= hi)
+                        continue;
+                describe_section(sec, NULL, where, sizeof(where));
+                /* Blame the one that was set, not a default the operator never wrote. */
+                origin_of(l, high, &o, env, sizeof(env));
+                if (o.env || o.file) {
+                        snprintf(why, sizeof(why), "%" PRId64 " is less than %s (%" PRId64 "); %s",
+                                 hi, low->key, lo, ordered[i].why);
+                        value_problem(l, &o, high, where, why);
+                } else {
+                        origin_of(l, low, &o, env, sizeof(env));
+                        snprintf(why, sizeof(why),
+                                 "%" PRId64 " is more than %s (%" PRId64 "); %s; raise %s too", lo,
+                                 high->key, hi, ordered[i].why, high->key);
+                        value_problem(l, &o, low, where, why);
+                }
+        }
 }
 
 struct config *config_free(struct config *c)
 {
         if (!c)
                 return NULL;
-        for (size_t i = 0; i < ELEMENTSOF(options); i++) {
-                char **str;
+        for (size_t s = 0; s < ELEMENTSOF(sections); s++) {
+                const char *label;
+                void *base;
 
-                if (!is_string_type(options[i].type))
-                        continue;
-                str = field_of(c, &options[i]);
-                if (*str && options[i].type == OPT_SECRET)
-                        explicit_bzero(*str, strlen(*str));
-                free(*str);
+                for (size_t j = 0; (base = section_nth(&sections[s], c, j, &label)); j++)
+                        for (size_t i = 0; i < ELEMENTSOF(options); i++)
+                                if (strcmp(options[i].section, sections[s].name) == 0)
+                                        option_free(&options[i], base);
         }
+        for (size_t s = 0; s < ELEMENTSOF(sections); s++)
+                if (sections[s].release)
+                        sections[s].release(c);
         free(c->source);
         free(c);
         return NULL;
@@ -729,11 +1613,20 @@ static void config_freep(struct config **c)
         config_free(*c);
 }
 
+static void load_done(struct load *l)
+{
+        for (size_t i = 0; i < l->n_seen; i++)
+                free(l->seen[i].extra);
+        free(l->seen);
+        free(l->instances);
+        free(l->refused);
+}
+
 int config_load_string(const char *text, const char *name, struct config **ret,
                        struct ch_error *err)
 {
         _cleanup_(config_freep) struct config *c = NULL;
-        struct load l = {.err = err, .name = name ? name : "<string>"};
+        _cleanup_(load_done) struct load l = {.err = err, .name = name ? name : "<string>"};
         int r;
 
         if (err)
@@ -757,7 +1650,6 @@ int config_load_string(const char *text, const char *name, struct config **ret,
         l.pos = text;
         l.left = strlen(text);
         r = ini_parse_stream(read_line, &l, on_key, &l);
-        free(l.seen);
         if (r == -2 || l.oom)
                 return -ENOMEM;
         if (r > 0 && (unsigned)r != l.syntax_line)
@@ -766,12 +1658,13 @@ int config_load_string(const char *text, const char *name, struct config **ret,
         apply_environment(&l);
         if (l.oom)
                 return -ENOMEM;
+        check_required(&l);
+        check_ordered(&l);
         if (l.n_problems > 0)
                 return -EINVAL;
         *ret = TAKE_PTR(c);
         return 0;
 }
-
 static void closep(int *fd)
 {
         if (*fd >= 0)
@@ -845,10 +1738,13 @@ const char *config_default_path(int *ret_explicit)
         return from_env ? env : CONFIG_DEFAULT_PATH;
 }
 
-static int print_value(const struct config *c, const struct option *opt, FILE *out)
+static int print_value(const void *base, const struct option *opt, FILE *out)
 {
-        const void *field = const_field_of(c, opt);
+        const void *field = const_field_of(base, opt);
+        char *const *list;
         const char *s;
+        unsigned bits;
+        int r;
 
         switch (opt->type) {
         case OPT_INT:
@@ -858,6 +1754,23 @@ static int print_value(const struct config *c, const struct option *opt, FILE *o
         case OPT_SECRET:
                 s = *(char *const *)field;
                 return fprintf(out, "%s =%s\n", opt->key, s && *s ? " " SECRET_MASK : "");
+        case OPT_LIST:
+                list = *(char *const *const *)field;
+                r = fprintf(out, "%s =", opt->key);
+                for (size_t i = 0; list && list[i] && r >= 0; i++)
+                        r = fprintf(out, "%s%s", i ? "," : " ", list[i]);
+                return r < 0 ? r : fprintf(out, "\n");
+        case OPT_KINDS:
+                bits = *(const unsigned *)field;
+                r = fprintf(out, "%s =", opt->key);
+                for (unsigned bit = 1, first = 1; (bit & EVENT_KIND_ALL) && r >= 0; bit <<= 1) {
+                        if (!(bits & bit))
+                                continue;
+                        r = fprintf(out, "%s%s", first ? " " : ",",
+                                    event_kind_name((enum event_kind)bit));
+                        first = 0;
+                }
+                return r < 0 ? r : fprintf(out, "\n");
         case OPT_STRING:
         case OPT_ENUM:
         case OPT_HOST_PORT:
@@ -867,28 +1780,47 @@ static int print_value(const struct config *c, const struct option *opt, FILE *o
         return fprintf(out, "%s =%s%s\n", opt->key, s && *s ? " " : "", s ? s : "");
 }
 
-int config_print(const struct config *c, FILE *out)
+static int print_rows(const struct section *sec, const void *base, FILE *out)
 {
         char bounds[256];
+        int r = 0;
+
+        for (size_t i = 0; i < ELEMENTSOF(options) && r >= 0; i++) {
+                if (strcmp(options[i].section, sec->name) != 0)
+                        continue;
+                if (options[i].type == OPT_INT) {
+                        describe_bounds(&options[i], bounds, sizeof(bounds));
+                        r = fprintf(out, "; %s (%s)\n", options[i].help, bounds);
+                } else {
+                        r = fprintf(out, "; %s\n", options[i].help);
+                }
+                if (r >= 0)
+                        r = print_value(base, &options[i], out);
+        }
+        return r;
+}
+
+int config_print(const struct config *c, FILE *out)
+{
+        char where[SECTION_MAX_CHARS + 8];
+        const char *label;
+        const void *base;
         int r;
 
         r = fprintf(out, "; effective configuration, from %s\n", c->source ? c->source : "?");
         for (size_t s = 0; s < ELEMENTSOF(sections) && r >= 0; s++) {
-                if (sections[s].labelled)
-                        continue;
-                r = fprintf(out, "\n[%s]\n", sections[s].name);
-                for (size_t i = 0; i < ELEMENTSOF(options) && r >= 0; i++) {
-                        if (strcmp(options[i].section, sections[s].name) != 0)
-                                continue;
-                        if (options[i].type == OPT_INT) {
-                                describe_bounds(&options[i], bounds, sizeof(bounds));
-                                r = fprintf(out, "; %s (%s)\n", options[i].help, bounds);
-                        } else {
-                                r = fprintf(out, "; %s\n", options[i].help);
-                        }
+                const struct section *sec = &sections[s];
+
+                if (sec->labelled && !sec->nth(c, 0, NULL))
+                        r = fprintf(out, "\n; no [%s \"name\"] sections\n", sec->name);
+                for (size_t j = 0; r >= 0 && (base = section_nth(sec, c, j, &label)); j++) {
+                        describe_section(sec, label, where, sizeof(where));
+                        r = fprintf(out, "\n%s\n", where);
                         if (r >= 0)
-                                r = print_value(c, &options[i], out);
+                                r = print_rows(sec, base, out);
                 }
+                if (r >= 0 && sec->print_extra)
+                        r = sec->print_extra(c, out);
         }
         if (r < 0 || ferror(out))
                 return -EIO;

@@ -1,7 +1,9 @@
 /* Tests of the configuration: built-in defaults, the shipped (embedded) file, every option
  * type's bounds, error lines that name file, line, section and key, all problems reported at
- * once, environment overrides, inline comments, and check-config output that loads back.
- * Criterion runs every test in its own process, so setenv() here cannot leak into others. */
+ * once, environment overrides, inline comments, check-config output that loads back, and the
+ * event pipeline's sections: [kafka] with its librdkafka pass-through keys, [delivery], and
+ * [hook "name"] sections. Criterion runs every test in its own process, so setenv() here
+ * cannot leak into others. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -12,6 +14,11 @@
 #include <unistd.h>
 
 #include "ctxhookd/config.h"
+#include "ctxhookd/event.h"
+
+/* A valid signing secret (32 bytes) and a second one, for two hooks. */
+#define SECRET_A "whsec_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="
+#define SECRET_B "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="
 
 /* Every variable the module reads, so a developer's shell cannot change the results. */
 static const char *const env_vars[] = {
@@ -27,6 +34,24 @@ static const char *const env_vars[] = {
     "CTXHOOKD_STORE_POOL_SIZE",
     "CTXHOOKD_STORE_SWEEP_INTERVAL_S",
     "CTXHOOKD_LOG_LEVEL",
+    "CTXHOOKD_KAFKA_BROKERS",
+    "CTXHOOKD_KAFKA_TOPIC",
+    "CTXHOOKD_KAFKA_GROUP",
+    "CTXHOOKD_KAFKA_ACCOUNT",
+    "CTXHOOKD_KAFKA_MAX_MESSAGE_BYTES",
+    "CTXHOOKD_DELIVERY_MAX_IN_FLIGHT",
+    "CTXHOOKD_DELIVERY_OUTBOX_MAX",
+    "CTXHOOKD_DELIVERY_RETRY_BASE_MS",
+    "CTXHOOKD_DELIVERY_RETRY_MAX_MS",
+    "CTXHOOKD_DELIVERY_RETENTION_S",
+    "CTXHOOKD_HOOK_A_URL",
+    "CTXHOOKD_HOOK_A_SECRET",
+    "CTXHOOKD_HOOK_A_TIMEOUT_MS",
+    "CTXHOOKD_HOOK_NOTES_ON_AUTOCLOSE_URL",
+    "CTXHOOKD_HOOK_NOTES_ON_AUTOCLOSE_SECRET",
+    "CTXHOOKD_HOOK_NOTES_ON_AUTOCLOSE_ON",
+    "CTXHOOKD_HOOK_NOTES_ON_AUTOCLOSE_CLOSE_REASON",
+    "CTXHOOKD_HOOK_GHOST_URL",
 };
 
 static void clear_env(void)
@@ -108,6 +133,20 @@ Test(config, builtin_defaults)
         cr_expect_eq(c->store.sweep_interval_s, 60);
         cr_expect_eq(c->store.cache_entries, 4096);
         cr_expect_str_eq(c->log.level, "info");
+        cr_expect_str_eq(c->kafka.brokers, "", "no Kafka unless asked for");
+        cr_expect_str_eq(c->kafka.topic, "conversation-events");
+        cr_expect_str_eq(c->kafka.group, "ctxhookd");
+        cr_expect_str_eq(c->kafka.account, "");
+        cr_expect_eq(c->kafka.max_message_bytes, 1048576);
+        cr_expect_null(c->kafka.extra);
+        cr_expect_eq(c->kafka.n_extra, 0);
+        cr_expect_eq(c->delivery.max_in_flight, 64);
+        cr_expect_eq(c->delivery.outbox_max, 100000);
+        cr_expect_eq(c->delivery.retry_base_ms, 1000);
+        cr_expect_eq(c->delivery.retry_max_ms, 300000);
+        cr_expect_eq(c->delivery.retention_s, 604800);
+        cr_expect_null(c->hooks);
+        cr_expect_eq(c->n_hooks, 0);
         config_free(c);
 }
 
@@ -124,6 +163,14 @@ Test(config, embedded_config_loads_with_documented_values)
         cr_expect_str_eq(c->api.admin_token, "");
         cr_expect_eq(c->store.pool_size, 8);
         cr_expect_str_eq(c->log.level, "info");
+        cr_expect_str_eq(c->kafka.brokers, "embedded", "a trial needs no Kafka");
+        cr_expect_str_eq(c->kafka.topic, "conversation-events");
+        cr_expect_str_eq(c->kafka.group, "ctxhookd");
+        cr_expect_str_eq(c->kafka.account, "");
+        cr_expect_eq(c->kafka.n_extra, 0);
+        cr_expect_eq(c->delivery.max_in_flight, 64);
+        cr_expect_eq(c->delivery.retry_max_ms, 300000);
+        cr_expect_eq(c->n_hooks, 0, "the shipped file only shows a hook, commented out");
         config_free(c);
 }
 
@@ -157,7 +204,106 @@ Test(config, embedded_text_is_the_shipped_file_and_covers_every_option)
                           needle + 1);
                 checked++;
         }
-        cr_expect_eq(checked, 12, "config_print printed %zu options", checked);
+        /* [api] 6, [store] 5, [log] 1, [kafka] 5, [delivery] 5; no hooks. */
+        cr_expect_eq(checked, 22, "config_print printed %zu options", checked);
+        free(printed);
+        config_free(c);
+}
+
+/* "; key = value" with a lower-case key: a commented-out option line. */
+static bool is_commented_option(const char *p, size_t len)
+{
+        size_t k;
+
+        if (len < 4 || p[0] != ';' || p[1] != ' ')
+                return false;
+        k = strspn(p + 2, "abcdefghijklmnopqrstuvwxyz_");
+        return k > 0 && 2 + k + 2 <= len && p[2 + k] == ' ' && p[3 + k] == '=';
+}
+
+/* The shipped file's commented-out hook shows every hook key, and uncommented it is a valid
+ * hook: "; [hook" starts it, and each "; key = value" line after it is one of its keys. */
+Test(config, shipped_example_hook_is_complete_and_valid)
+{
+        const char *start = strstr(config_embedded_text, "\n; [hook \"notes-on-autoclose\"]\n");
+        static const char *const keys[] = {"on",           "close_reason", "namespaces",
+                                           "url",          "secret",       "timeout_ms",
+                                           "max_attempts", "bearer_token", "clear_after"};
+        size_t head, keys_found = 0;
+        char *text, *out;
+        const char *p;
+        struct config *c;
+
+        cr_assert_not_null(start, "no example hook in the shipped file");
+        text = calloc(1, strlen(config_embedded_text) + 1);
+        cr_assert_not_null(text);
+        /* The shipped text up to the example, then the example's header and option lines. */
+        head = (size_t)(start - config_embedded_text) + 1;
+        memcpy(text, config_embedded_text, head);
+        out = text + head;
+        for (p = config_embedded_text + head; *p;) {
+                const char *eol = strchr(p, '\n');
+                size_t len = eol ? (size_t)(eol - p) : strlen(p);
+
+                if (p == config_embedded_text + head || is_commented_option(p, len)) {
+                        memcpy(out, p + 2, len - 2);
+                        out += len - 2;
+                        *out++ = '\n';
+                        keys_found += p != config_embedded_text + head;
+                }
+                p += len + (eol ? 1 : 0);
+        }
+        cr_expect_eq(keys_found, 9, "%s", text + head);
+        for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+                char needle[64];
+
+                snprintf(needle, sizeof(needle), "\n%s =", keys[i]);
+                cr_expect(strstr(text + head, needle), "example hook lacks %s", keys[i]);
+        }
+        c = load_ok(text);
+        cr_assert_eq(c->n_hooks, 1);
+        cr_expect_str_eq(c->hooks[0].name, "notes-on-autoclose");
+        cr_expect_eq(c->hooks[0].on, EVENT_END);
+        cr_assert_not_null(c->hooks[0].close_reasons);
+        cr_expect_str_eq(c->hooks[0].close_reasons[0], "SYSTEM");
+        cr_expect_str_eq(c->hooks[0].close_reasons[1], "TIMEOUT");
+        cr_expect_null(c->hooks[0].close_reasons[2]);
+        cr_assert_not_null(c->hooks[0].namespaces);
+        cr_expect_str_eq(c->hooks[0].namespaces[0], "agentNotes");
+        cr_expect_null(c->hooks[0].namespaces[1]);
+        cr_expect_str_eq(c->hooks[0].url, "http://127.0.0.1:9000/fn");
+        cr_expect_eq(c->hooks[0].timeout_ms, 5000);
+        cr_expect_eq(c->hooks[0].max_attempts, 8);
+        cr_expect_str_eq(c->hooks[0].bearer_token, "");
+        cr_expect_eq(c->hooks[0].clear_after, false);
+        cr_expect_str_eq(c->kafka.brokers, "embedded");
+        config_free(c);
+        free(text);
+}
+
+/* Hook keys are in a labelled section, so the shipped file documents them in its example. */
+Test(config, shipped_file_documents_every_hook_key)
+{
+        struct config *c = load_ok("[hook \"x\"]\non = conversation.end\nurl = http://h/\n"
+                                   "secret = " SECRET_A "\n");
+        char *printed = print_to_string(c), *line, *save = NULL;
+        size_t checked = 0;
+        bool in_hook = false;
+
+        for (line = strtok_r(printed, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                char needle[256];
+                const char *eq = strstr(line, " =");
+
+                if (line[0] == '[')
+                        in_hook = strncmp(line, "[hook ", 6) == 0;
+                if (!in_hook || line[0] == ';' || line[0] == '[' || !eq)
+                        continue;
+                snprintf(needle, sizeof(needle), "\n; %.*s =", (int)(eq - line), line);
+                cr_expect(strstr(config_embedded_text, needle), "shipped file lacks %s",
+                          needle + 1);
+                checked++;
+        }
+        cr_expect_eq(checked, 9, "config_print printed %zu hook options", checked);
         free(printed);
         config_free(c);
 }
@@ -182,6 +328,12 @@ static const struct int_option int_options[] = {
     INT_OPT("store", "pool_size", store.pool_size, 1, 64),
     INT_OPT("store", "sweep_interval_s", store.sweep_interval_s, 1, 86400),
     INT_OPT("store", "cache_entries", store.cache_entries, 0, 1048576),
+    INT_OPT("kafka", "max_message_bytes", kafka.max_message_bytes, 1024, 67108864),
+    INT_OPT("delivery", "max_in_flight", delivery.max_in_flight, 1, 1024),
+    INT_OPT("delivery", "outbox_max", delivery.outbox_max, 100, 100000000),
+    INT_OPT("delivery", "retry_base_ms", delivery.retry_base_ms, 10, 3600000),
+    INT_OPT("delivery", "retry_max_ms", delivery.retry_max_ms, 100, 86400000),
+    INT_OPT("delivery", "retention_s", delivery.retention_s, 60, 31536000),
 };
 
 Test(config, integer_bounds)
@@ -196,6 +348,11 @@ Test(config, integer_bounds)
 
                         snprintf(text, sizeof(text), "[%s]\n%s = %lld\n", o->section, o->key,
                                  ok[j]);
+                        /* Keep retry_base_ms <= retry_max_ms, a rule of its own. */
+                        if (strcmp(o->key, "retry_base_ms") == 0)
+                                strcat(text, "retry_max_ms = 86400000\n");
+                        if (strcmp(o->key, "retry_max_ms") == 0)
+                                strcat(text, "retry_base_ms = 10\n");
                         c = load_ok(text);
                         cr_expect_eq(*(int64_t *)((char *)c + o->offset), ok[j], "%s", text);
                         config_free(c);
@@ -326,7 +483,7 @@ Test(config, every_problem_reported_with_file_line_section_and_key)
             "t.conf:3: [api] listen: \"nowhere\" is not host:port",
             "t.conf:4: [api] bogus: unknown key",
             "t.conf:6: [store] pool_size: 0 is out of range (1…64)",
-            "t.conf:7: [nope]: unknown section (known: api, store, log)",
+            "t.conf:7: [nope]: unknown section (known: api, store, log, kafka, delivery, hook)",
             "t.conf:10: [log] level: \"loud\" is not one of",
             "t.conf:11: [log] level: duplicate key (first set on line 10)",
             "t.conf:12: syntax error",
@@ -356,9 +513,17 @@ Test(config, unknown_section_and_key_and_duplicates)
                      "t.conf:1: [api \"x\"]: section [api] takes no name");
         expect_error("[api x]\n", "t.conf:1: [api x]: expected [name] or [name \"label\"]");
         expect_error("[]\n", "t.conf:1: []: unknown section");
+        /* inih keeps 49 characters of a header; longer ones are read from the line itself. */
         expect_error("[hook_with_a_name_far_longer_than_inih_keeps_around_here]\nx = 1\n",
-                     "t.conf:1: [hook_with_a_name_far…]: section header longer than 48 "
+                     "t.conf:1: [hook_with_a_name_far_longer_than_inih_keeps_around_here]: "
+                     "unknown section");
+        expect_error("[hook \"a-name-that-is-far-too-long-for-any-header-a-name-that-is-far-too-"
+                     "long-for-any-header-a-name-that-is-far-too-long\"]\nx = 1\n",
+                     "t.conf:1: [hook \"a-name-that-is…]: section header longer than 100 "
                      "characters");
+        expect_error("[hook]\non = conversation.end\n",
+                     "t.conf:1: [hook]: section [hook] needs a name: [hook \"name\"]");
+        expect_error("[kafka \"x\"]\n", "t.conf:1: [kafka \"x\"]: section [kafka] takes no name");
         expect_error("threads = 1\n[api]\n", "t.conf:1: threads: key outside of any section");
         expect_error("[api]\nthreads = 1\n[store]\n[api]\nthreads = 2\n",
                      "t.conf:5: [api] threads: duplicate key (first set on line 2)");
@@ -371,7 +536,8 @@ Test(config, keys_under_a_bad_header_are_not_reported_again)
         struct ch_error err = {{0}};
 
         load_bad("[api]\nthreads = 1\n[nope]\nthreads = 2\nwhatever = 3\n", &err);
-        cr_expect_str_eq(err.msg, "t.conf:3: [nope]: unknown section (known: api, store, log)");
+        cr_expect_str_eq(err.msg, "t.conf:3: [nope]: unknown section (known: api, store, log, "
+                                  "kafka, delivery, hook)");
 }
 
 Test(config, long_lines)
@@ -626,4 +792,689 @@ Test(config, null_error_and_free_are_accepted)
         cr_expect_eq(config_load_string("[nope]\n", "t.conf", &c, NULL), -EINVAL);
         cr_expect_null(c);
         cr_expect_null(config_free(NULL));
+}
+
+/* ---- [kafka] ---- */
+
+Test(config, kafka_options)
+{
+        char topic[300], text[400];
+        struct config *c;
+
+        c = load_ok("[kafka]\nbrokers = k1:9092,k2:9093\ntopic = a.b_c-D9\ngroup = my group\n"
+                    "account = 12345678\nmax_message_bytes = 2048\n");
+        cr_expect_str_eq(c->kafka.brokers, "k1:9092,k2:9093");
+        cr_expect_str_eq(c->kafka.topic, "a.b_c-D9");
+        cr_expect_str_eq(c->kafka.group, "my group");
+        cr_expect_str_eq(c->kafka.account, "12345678");
+        cr_expect_eq(c->kafka.max_message_bytes, 2048);
+        config_free(c);
+
+        c = load_ok("[kafka]\nbrokers = embedded\naccount = le.acc_9-x\n");
+        cr_expect_str_eq(c->kafka.brokers, "embedded");
+        cr_expect_str_eq(c->kafka.account, "le.acc_9-x");
+        config_free(c);
+        c = load_ok("[kafka]\nbrokers =\n");
+        cr_expect_str_eq(c->kafka.brokers, "");
+        config_free(c);
+
+        /* Topic names: Kafka's characters, 1…249 of them, not "." or "..". */
+        memset(topic, 't', 249);
+        topic[249] = '\0';
+        snprintf(text, sizeof(text), "[kafka]\ntopic = %s\n", topic);
+        c = load_ok(text);
+        cr_expect_eq(strlen(c->kafka.topic), 249);
+        config_free(c);
+        snprintf(text, sizeof(text), "[kafka]\ntopic = %st\n", topic);
+        expect_error(text, "t.conf:2: [kafka] topic: must be at most 249 characters long");
+        expect_error("[kafka]\ntopic =\n", "t.conf:2: [kafka] topic: must not be empty");
+        expect_error("[kafka]\ntopic = a/b\n",
+                     "t.conf:2: [kafka] topic: \"a/b\" is not a Kafka topic name");
+        expect_error("[kafka]\ntopic = ..\n", "[kafka] topic: \"..\" is not a Kafka topic name");
+
+        expect_error("[kafka]\nbrokers = k1:9092, k2:9092\n",
+                     "t.conf:2: [kafka] brokers: \"k1:9092, k2:9092\" is not host:port");
+        expect_error("[kafka]\nbrokers = k1:9092,,k2:9092\n",
+                     "[kafka] brokers: \"k1:9092,,k2:9092\" has an empty item");
+        expect_error("[kafka]\ngroup =\n", "t.conf:2: [kafka] group: must not be empty");
+        expect_error("[kafka]\naccount = a b\n",
+                     "t.conf:2: [kafka] account: \"a b\" is not an account id");
+        expect_error("[kafka]\naccount = 12345678901234567890123456789012345678901234567890123456"
+                     "789012345\n",
+                     "[kafka] account: ");
+}
+
+Test(config, kafka_extra_keys_are_kept_in_file_order)
+{
+        struct config *c = load_ok("[kafka]\n"
+                                   "security.protocol = SASL_SSL\n"
+                                   "topic = events\n"
+                                   "sasl.mechanisms = PLAIN\n"
+                                   "sasl.username = ctx\n"
+                                   "sasl.password = p@ss word\n"
+                                   "fetch.wait.max.ms = 50\n");
+
+        cr_expect_str_eq(c->kafka.topic, "events", "a table key is not an extra key");
+        cr_assert_eq(c->kafka.n_extra, 5);
+        cr_expect_str_eq(c->kafka.extra[0].key, "security.protocol");
+        cr_expect_str_eq(c->kafka.extra[0].value, "SASL_SSL");
+        cr_expect_str_eq(c->kafka.extra[1].key, "sasl.mechanisms");
+        cr_expect_str_eq(c->kafka.extra[1].value, "PLAIN");
+        cr_expect_str_eq(c->kafka.extra[2].key, "sasl.username");
+        cr_expect_str_eq(c->kafka.extra[3].key, "sasl.password");
+        cr_expect_str_eq(c->kafka.extra[3].value, "p@ss word", "passed as is");
+        cr_expect_str_eq(c->kafka.extra[4].key, "fetch.wait.max.ms");
+        cr_expect_str_eq(c->kafka.extra[4].value, "50");
+        config_free(c);
+}
+
+Test(config, kafka_extra_keys_refused)
+{
+        struct ch_error err = {{0}};
+
+        expect_error("[kafka]\ngroup.id = g\n",
+                     "t.conf:2: [kafka] group.id: set by ctxhookd itself; use [kafka] group");
+        expect_error("[kafka]\nbootstrap.servers = k:9092\n",
+                     "t.conf:2: [kafka] bootstrap.servers: set by ctxhookd itself; use [kafka] "
+                     "brokers");
+        expect_error("[kafka]\nmetadata.broker.list = k:9092\n", "use [kafka] brokers");
+        expect_error("[kafka]\nenable.auto.offset.store = true\n",
+                     "t.conf:2: [kafka] enable.auto.offset.store: set by ctxhookd itself");
+        expect_error("[kafka]\nenable.auto.commit = false\n",
+                     "t.conf:2: [kafka] enable.auto.commit: set by ctxhookd itself");
+        /* Not a librdkafka property name at all. */
+        expect_error("[kafka]\nSecurity.Protocol = SSL\n",
+                     "t.conf:2: [kafka] Security.Protocol: unknown key");
+        expect_error("[kafka]\nbrokerz = k:9092\n", "t.conf:2: [kafka] brokerz: unknown key");
+        /* librdkafka judges its own properties when the file is loaded. */
+        expect_error("[kafka]\nsecurity.protocol = carrier-pigeon\n",
+                     "t.conf:2: [kafka] security.protocol: librdkafka refuses it: ");
+        expect_error("[kafka]\nsecurity.protocl = SSL\n",
+                     "t.conf:2: [kafka] security.protocl: unknown key (neither a ctxhookd option "
+                     "nor a librdkafka property)");
+        expect_error("[kafka]\nsocket.timeout.ms =\n",
+                     "t.conf:2: [kafka] socket.timeout.ms: must not be empty");
+        expect_error("[kafka]\nclient.id = a\nclient.id = b\n",
+                     "t.conf:3: [kafka] client.id: duplicate key (first set on line 2)");
+        expect_error("[kafka]\nsasl.password = ********\n",
+                     "t.conf:2: [kafka] sasl.password: \"********\" is how check-config hides");
+        /* Secret-looking properties take any text; a bad value of another is one error. */
+        load_bad("[kafka]\nssl.key.password = hunter2-hunter2\nfetch.wait.max.ms = x9q\n", &err);
+        cr_expect_str_eq(err.msg, "t.conf:3: [kafka] fetch.wait.max.ms: librdkafka refuses it: "
+                                  "Invalid value for configuration property "
+                                  "\"fetch.wait.max.ms\"");
+}
+
+/* ---- [delivery] ---- */
+
+Test(config, delivery_retry_max_must_not_be_below_retry_base)
+{
+        struct ch_error err = {{0}};
+        struct config *c;
+
+        c = load_ok("[delivery]\nretry_base_ms = 500\nretry_max_ms = 500\n");
+        cr_expect_eq(c->delivery.retry_base_ms, 500);
+        cr_expect_eq(c->delivery.retry_max_ms, 500);
+        config_free(c);
+
+        load_bad("[delivery]\nretry_base_ms = 2000\nretry_max_ms = 1500\n", &err);
+        cr_expect_str_eq(err.msg, "t.conf:3: [delivery] retry_max_ms: 1500 is less than "
+                                  "retry_base_ms (2000); the longest back-off cannot be shorter "
+                                  "than the first");
+        /* Only the base was written: it is the one blamed, not the default maximum. */
+        load_bad("[delivery]\nmax_in_flight = 2\nretry_base_ms = 400000\n", &err);
+        cr_expect_str_eq(err.msg, "t.conf:3: [delivery] retry_base_ms: 400000 is more than "
+                                  "retry_max_ms (300000); the longest back-off cannot be "
+                                  "shorter than the first; raise retry_max_ms too");
+        setenv("CTXHOOKD_DELIVERY_RETRY_MAX_MS", "200", 1);
+        load_bad("[delivery]\nretry_max_ms = 5000\n", &err);
+        cr_expect_str_eq(err.msg, "environment CTXHOOKD_DELIVERY_RETRY_MAX_MS: 200 is less than "
+                                  "retry_base_ms (1000); the longest back-off cannot be shorter "
+                                  "than the first");
+}
+
+Test(config, environment_overrides_kafka_and_delivery)
+{
+        struct config *c;
+
+        setenv("CTXHOOKD_KAFKA_BROKERS", "k9:1", 1);
+        setenv("CTXHOOKD_KAFKA_ACCOUNT", "777", 1);
+        setenv("CTXHOOKD_DELIVERY_MAX_IN_FLIGHT", "3", 1);
+        c = load_ok("[kafka]\nbrokers = embedded\n");
+        cr_expect_str_eq(c->kafka.brokers, "k9:1");
+        cr_expect_str_eq(c->kafka.account, "777");
+        cr_expect_eq(c->delivery.max_in_flight, 3);
+        config_free(c);
+}
+
+/* ---- [hook "name"] ---- */
+
+static const char hook_full[] = "[hook \"notes-on-autoclose\"]\n" /* 1 */
+                                "on = conversation.end, conversation.idle\n"
+                                "close_reason = SYSTEM , TIMEOUT\n"
+                                "namespaces = agentNotes,routing_2\n"
+                                "url = https://fn.example.com:8443/run?x=1\n"
+                                "secret = " SECRET_A "\n"
+                                "bearer_token = b3arer-token\n"
+                                "timeout_ms = 100\n"
+                                "max_attempts = 1\n"
+                                "clear_after = yes\n";
+
+Test(config, hook_parsed_into_the_struct)
+{
+        struct config *c = load_ok(hook_full);
+        const struct config_hook *h;
+
+        cr_assert_eq(c->n_hooks, 1);
+        h = &c->hooks[0];
+        cr_expect_str_eq(h->name, "notes-on-autoclose");
+        cr_expect_eq(h->on, EVENT_END | EVENT_IDLE);
+        cr_assert_not_null(h->close_reasons);
+        cr_expect_str_eq(h->close_reasons[0], "SYSTEM", "items are trimmed");
+        cr_expect_str_eq(h->close_reasons[1], "TIMEOUT");
+        cr_expect_null(h->close_reasons[2]);
+        cr_assert_not_null(h->namespaces);
+        cr_expect_str_eq(h->namespaces[0], "agentNotes");
+        cr_expect_str_eq(h->namespaces[1], "routing_2");
+        cr_expect_null(h->namespaces[2]);
+        cr_expect_str_eq(h->url, "https://fn.example.com:8443/run?x=1");
+        cr_expect_str_eq(h->secret, SECRET_A);
+        cr_expect_str_eq(h->bearer_token, "b3arer-token");
+        cr_expect_eq(h->timeout_ms, 100);
+        cr_expect_eq(h->max_attempts, 1);
+        cr_expect_eq(h->clear_after, true);
+        config_free(c);
+}
+
+Test(config, hook_defaults_and_absent_lists)
+{
+        struct config *c = load_ok("[hook \"h\"]\non = conversation.ttr,conversation.new,"
+                                   "conversation.routing,conversation.participants\n"
+                                   "url = http://[::1]:9000\nsecret = " SECRET_B "\n"
+                                   "close_reason =\n");
+        const struct config_hook *h = &c->hooks[0];
+
+        cr_assert_eq(c->n_hooks, 1);
+        cr_expect_eq(h->on, EVENT_TTR | EVENT_NEW | EVENT_ROUTING | EVENT_PARTICIPANTS);
+        cr_expect_null(h->close_reasons, "an empty list is no filter");
+        cr_expect_null(h->namespaces, "absent = no context");
+        cr_expect_str_eq(h->bearer_token, "");
+        cr_expect_eq(h->timeout_ms, 5000);
+        cr_expect_eq(h->max_attempts, 8);
+        cr_expect_eq(h->clear_after, false);
+        config_free(c);
+}
+
+Test(config, hooks_in_file_order_between_other_sections)
+{
+        struct config *c = load_ok("[hook \"zeta\"]\non = conversation.end\nurl = http://a/\n"
+                                   "secret = " SECRET_A "\n"
+                                   "[api]\nthreads = 2\n"
+                                   "[hook \"alpha\"]\non = conversation.idle\nurl = http://b/\n"
+                                   "secret = " SECRET_B "\nmax_attempts = 3\n");
+
+        cr_assert_eq(c->n_hooks, 2);
+        cr_expect_str_eq(c->hooks[0].name, "zeta");
+        cr_expect_str_eq(c->hooks[0].url, "http://a/");
+        cr_expect_eq(c->hooks[0].on, EVENT_END);
+        cr_expect_eq(c->hooks[0].max_attempts, 8);
+        cr_expect_str_eq(c->hooks[1].name, "alpha");
+        cr_expect_str_eq(c->hooks[1].url, "http://b/");
+        cr_expect_str_eq(c->hooks[1].secret, SECRET_B);
+        cr_expect_eq(c->hooks[1].on, EVENT_IDLE);
+        cr_expect_eq(c->hooks[1].max_attempts, 3);
+        cr_expect_eq(c->api.threads, 2);
+        config_free(c);
+}
+
+Test(config, hook_names)
+{
+        char name[80], text[300];
+        struct config *c;
+
+        /* 64 characters: longer than the 49 inih keeps of a header. */
+        memset(name, 'n', 64);
+        memcpy(name, "Aa0_.-", 6);
+        name[64] = '\0';
+        snprintf(text, sizeof(text),
+                 "[hook \"%s\"]\non = conversation.end\nurl = http://h/\nsecret = " SECRET_A "\n",
+                 name);
+        c = load_ok(text);
+        cr_assert_eq(c->n_hooks, 1);
+        cr_expect_str_eq(c->hooks[0].name, name);
+        config_free(c);
+
+        snprintf(text, sizeof(text), "[hook \"%sn\"]\non = conversation.end\n", name);
+        expect_error(text, "\"]: a hook name is 1-64 characters of A-Z a-z 0-9 _ . -");
+        expect_error("[hook \"a b\"]\non = conversation.end\n",
+                     "t.conf:1: [hook \"a b\"]: a hook name is 1-64 characters");
+        expect_error("[hook \"a/b\"]\n", "t.conf:1: [hook \"a/b\"]: a hook name is");
+        expect_error("[hook \"\"]\n", "t.conf:1: [hook \"\"]: expected [name] or [name \"label\"]");
+}
+
+Test(config, at_most_config_hooks_max_hooks)
+{
+        size_t size = (CONFIG_HOOKS_MAX + 1) * 160;
+        char *text = malloc(size), *p = text;
+        struct ch_error err = {{0}};
+        struct config *c;
+
+        cr_assert_not_null(text);
+        for (int i = 0; i < CONFIG_HOOKS_MAX; i++)
+                p += sprintf(p,
+                             "[hook \"h%d\"]\non = conversation.end\nurl = http://h/%d\n"
+                             "secret = " SECRET_A "\n",
+                             i, i);
+        c = load_ok(text);
+        cr_expect_eq(c->n_hooks, CONFIG_HOOKS_MAX);
+        cr_expect_str_eq(c->hooks[CONFIG_HOOKS_MAX - 1].url, "http://h/63");
+        config_free(c);
+        sprintf(p, "[hook \"one-too-many\"]\non = conversation.end\n");
+        load_bad(text, &err);
+        cr_expect_str_eq(err.msg, "t.conf:257: [hook \"one-too-many\"]: more than 64 hooks");
+        free(text);
+}
+
+Test(config, duplicate_hook_names_name_both_lines)
+{
+        struct ch_error err = {{0}};
+
+        load_bad("[hook \"a\"]\non = conversation.end\nurl = http://h/\nsecret = " SECRET_A "\n"
+                 "[api]\n"
+                 "[hook \"a\"]\nurl = http://other/\n",
+                 &err);
+        /* The keys under the second header are not reported again. */
+        cr_expect_str_eq(err.msg,
+                         "t.conf:6: [hook \"a\"]: the name \"a\" is already used on line 1");
+        /* Names differ by case: two hooks. */
+        config_free(load_ok("[hook \"a\"]\non = conversation.end\nurl = http://h/\n"
+                            "secret = " SECRET_A "\n"
+                            "[hook \"A\"]\non = conversation.end\nurl = http://h/\n"
+                            "secret = " SECRET_A "\n"));
+}
+
+Test(config, hook_required_keys_name_the_section_line)
+{
+        struct ch_error err = {{0}};
+
+        load_bad("[api]\n"                                                           /* 1 */
+                 "[hook \"no-url\"]\non = conversation.end\nsecret = " SECRET_A "\n" /* 2 */
+                 "[hook \"no-secret\"]\non = conversation.end\nurl = http://h/\n"    /* 5 */
+                 "[hook \"no-on\"]\nurl = http://h/\nsecret = " SECRET_A "\n"        /* 8 */
+                 "[hook \"empty\"]\nsecret =\n",                                     /* 11 */
+                 &err);
+        cr_expect_str_eq(err.msg, "t.conf:2: [hook \"no-url\"] url: required key missing\n"
+                                  "t.conf:5: [hook \"no-secret\"] secret: required key missing\n"
+                                  "t.conf:8: [hook \"no-on\"] on: required key missing\n"
+                                  "t.conf:11: [hook \"empty\"] on: required key missing\n"
+                                  "t.conf:11: [hook \"empty\"] url: required key missing\n"
+                                  "t.conf:11: [hook \"empty\"] secret: required key missing");
+        /* A value given but refused is one problem, not also a missing key. */
+        load_bad("[hook \"x\"]\non = conversation.end\nurl = ftp://h/\nsecret = whsec_\n", &err);
+        cr_expect_eq(count_lines(err.msg), 2, "%s", err.msg);
+        cr_expect_null(strstr(err.msg, "missing"), "%s", err.msg);
+        expect_error("[hook \"x\"]\non =\nurl = http://h/\nsecret = " SECRET_A "\n",
+                     "t.conf:2: [hook \"x\"] on: must name at least one event kind "
+                     "(conversation.end|conversation.idle|conversation.new|conversation.routing|"
+                     "conversation.participants|conversation.ttr)");
+}
+
+/* A valid hook with one line replaced, to test that line's value alone. */
+static void expect_hook_error(const char *line, const char *needle)
+{
+        char text[4096];
+
+        snprintf(text, sizeof(text),
+                 "[hook \"x\"]\n%s\non = conversation.end\nurl = http://h/\nsecret = " SECRET_A
+                 "\n",
+                 line);
+        expect_error(text, needle);
+}
+
+Test(config, hook_event_kinds)
+{
+        expect_hook_error("on = conversation.ended",
+                          "t.conf:2: [hook \"x\"] on: \"conversation.ended\" is not an event kind "
+                          "(conversation.end|");
+        expect_hook_error("on = end", "[hook \"x\"] on: \"end\" is not an event kind");
+        expect_hook_error("on = conversation.end,,conversation.idle",
+                          "[hook \"x\"] on: item 2 of the list is empty");
+        expect_hook_error("on = conversation.end,", "[hook \"x\"] on: item 2 of the list is empty");
+        expect_hook_error("on = conversation.end, conversation.end",
+                          "[hook \"x\"] on: \"conversation.end\" is listed twice");
+}
+
+Test(config, hook_close_reasons)
+{
+        char line[600], *p = line;
+
+        expect_hook_error("close_reason = SYSTEM,timeout",
+                          "t.conf:2: [hook \"x\"] close_reason: \"timeout\" is not a close reason");
+        expect_hook_error("close_reason = SYS TEM", "\"SYS TEM\" is not a close reason");
+        expect_hook_error("close_reason = AGENT,,CONSUMER",
+                          "[hook \"x\"] close_reason: item 2 of the list is empty");
+        expect_hook_error("close_reason = AGENT,AGENT", "\"AGENT\" is listed twice");
+
+        /* CONFIG_LIST_MAX items fit; one more does not. */
+        p += sprintf(p, "close_reason = ");
+        for (int i = 0; i < CONFIG_LIST_MAX; i++)
+                p += sprintf(p, "%sR_%c%c", i ? "," : "", 'A' + i / 26, 'A' + i % 26);
+        {
+                char text[1024];
+                struct config *c;
+
+                snprintf(
+                    text, sizeof(text),
+                    "[hook \"x\"]\n%s\non = conversation.end\nurl = http://h/\nsecret = " SECRET_A
+                    "\n",
+                    line);
+                c = load_ok(text);
+                cr_expect_str_eq(c->hooks[0].close_reasons[CONFIG_LIST_MAX - 1], "R_BF");
+                cr_expect_null(c->hooks[0].close_reasons[CONFIG_LIST_MAX]);
+                config_free(c);
+        }
+        strcat(line, ",MORE");
+        expect_hook_error(line, "[hook \"x\"] close_reason: more than 32 items");
+}
+
+Test(config, hook_namespaces)
+{
+        expect_hook_error("namespaces = agentNotes,consumer",
+                          "t.conf:2: [hook \"x\"] namespaces: namespace 'consumer' is reserved");
+        expect_hook_error("namespaces = faas", "namespace 'faas' is reserved");
+        expect_hook_error("namespaces = my-notes", "[hook \"x\"] namespaces: ");
+        expect_hook_error("namespaces = a, ,b",
+                          "[hook \"x\"] namespaces: item 2 of the list is empty");
+}
+
+Test(config, hook_urls)
+{
+        static const char *const good[] = {
+            "http://h",
+            "https://h.example.com/path?q=1#f",
+            "http://127.0.0.1:9000/fn",
+            "http://[::1]:8080/x",
+            "HTTPS://Example.COM:443",
+        };
+        static const char *const bad[][2] = {
+            {"ftp://h/", "is not an http:// or https:// URL"},
+            {"h:80/x", "is not an http:// or https:// URL"},
+            {"http://", "has no host"},
+            {"http:///path", "has no host"},
+            {"http://:80/", "has no host"},
+            {"http://h:/", "has no valid port"},
+            {"http://h:99999/", "has no valid port"},
+            {"http://h:8x/", "has no valid port"},
+            {"http://[]/", "has no valid [IPv6] host"},
+            {"http://h/a b", "contains a space"},
+            {"http://user:pw@h/", "must not hold credentials"},
+        };
+        char line[3000];
+
+        for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+                char text[600];
+                struct config *c;
+
+                snprintf(text, sizeof(text),
+                         "[hook \"x\"]\non = conversation.end\nurl = %s\nsecret = " SECRET_A "\n",
+                         good[i]);
+                c = load_ok(text);
+                cr_expect_str_eq(c->hooks[0].url, good[i]);
+                config_free(c);
+        }
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                snprintf(line, sizeof(line), "url = %s", bad[i][0]);
+                expect_hook_error(line, bad[i][1]);
+                expect_hook_error(line, "t.conf:2: [hook \"x\"] url: ");
+        }
+        /* At most 2048 characters. */
+        strcpy(line, "url = http://h/");
+        memset(line + strlen(line), 'p', 2048 - strlen("http://h/") + 1);
+        line[6 + 2049] = '\0';
+        expect_hook_error(line, "[hook \"x\"] url: must be at most 2048 characters long");
+}
+
+Test(config, hook_secrets_are_checked_and_never_echoed)
+{
+        static const char *const bad[] = {
+            "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=", /* no prefix */
+            "whsec_AQIDBAUGBwgJCgsMDQ4P",                   /* 15 bytes */
+            "whsec_not*base64*at*all*zzzzzzzzzzzzz",        /* not base64 */
+            "whsec_",                                       /* no key */
+        };
+        struct ch_error err = {{0}};
+        char text[512];
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                const char *key = strncmp(bad[i], "whsec_", 6) == 0 ? bad[i] + 6 : bad[i];
+
+                snprintf(text, sizeof(text),
+                         "[hook \"x\"]\non = conversation.end\nurl = http://h/\nsecret = %s\n",
+                         bad[i]);
+                load_bad(text, &err);
+                cr_expect(strstr(err.msg, "t.conf:4: [hook \"x\"] secret: "), "%s", err.msg);
+                cr_expect(strstr(err.msg, "(expected whsec_ and the base64 of 16-64 bytes)"), "%s",
+                          err.msg);
+                if (*key)
+                        cr_expect_null(strstr(err.msg, key), "secret echoed: %s", err.msg);
+        }
+        expect_hook_error("secret = ********",
+                          "[hook \"x\"] secret: \"********\" is how check-config hides");
+        /* The optional bearer token is a secret too. */
+        expect_hook_error("bearer_token = ********",
+                          "[hook \"x\"] bearer_token: \"********\" is how check-config hides");
+}
+
+Test(config, hook_integer_bounds_and_bool)
+{
+        static const struct {
+                const char *key;
+                long long min, max;
+                size_t offset;
+        } ints[] = {
+            {"timeout_ms", 100, 300000, offsetof(struct config_hook, timeout_ms)},
+            {"max_attempts", 1, 100, offsetof(struct config_hook, max_attempts)},
+        };
+        char line[128], needle[128];
+
+        for (size_t i = 0; i < 2; i++) {
+                long long ok[] = {ints[i].min, ints[i].max},
+                          bad[] = {ints[i].min - 1, ints[i].max + 1};
+
+                for (int j = 0; j < 2; j++) {
+                        char text[512];
+                        struct config *c;
+
+                        snprintf(text, sizeof(text),
+                                 "[hook \"x\"]\non = conversation.end\nurl = http://h/\n"
+                                 "secret = " SECRET_A "\n%s = %lld\n",
+                                 ints[i].key, ok[j]);
+                        c = load_ok(text);
+                        cr_expect_eq(*(int64_t *)((char *)&c->hooks[0] + ints[i].offset), ok[j]);
+                        config_free(c);
+
+                        snprintf(line, sizeof(line), "%s = %lld", ints[i].key, bad[j]);
+                        snprintf(needle, sizeof(needle),
+                                 "t.conf:2: [hook \"x\"] %s: %lld is out of range", ints[i].key,
+                                 bad[j]);
+                        expect_hook_error(line, needle);
+                }
+        }
+        expect_hook_error("clear_after = maybe",
+                          "t.conf:2: [hook \"x\"] clear_after: \"maybe\" is not a boolean");
+        expect_hook_error("colour = red", "t.conf:2: [hook \"x\"] colour: unknown key");
+        expect_hook_error("url = http://h/", "t.conf:4: [hook \"x\"] url: duplicate key (first set "
+                                             "on line 2)");
+}
+
+Test(config, environment_overrides_hook_keys)
+{
+        struct config *c;
+
+        setenv("CTXHOOKD_HOOK_NOTES_ON_AUTOCLOSE_URL", "http://env.example/fn", 1);
+        setenv("CTXHOOKD_HOOK_NOTES_ON_AUTOCLOSE_SECRET", " " SECRET_B " ", 1);
+        setenv("CTXHOOKD_HOOK_NOTES_ON_AUTOCLOSE_CLOSE_REASON", "AGENT", 1);
+        setenv("CTXHOOKD_HOOK_A_TIMEOUT_MS", "250", 1);
+        setenv("CTXHOOKD_HOOK_GHOST_URL", "http://nobody/", 1); /* no such hook: ignored */
+        c = load_ok(hook_full);
+        cr_assert_eq(c->n_hooks, 1);
+        cr_expect_str_eq(c->hooks[0].url, "http://env.example/fn");
+        cr_expect_str_eq(c->hooks[0].secret, SECRET_B);
+        cr_assert_not_null(c->hooks[0].close_reasons);
+        cr_expect_str_eq(c->hooks[0].close_reasons[0], "AGENT");
+        cr_expect_null(c->hooks[0].close_reasons[1]);
+        cr_expect_eq(c->hooks[0].timeout_ms, 100, "another hook's variable");
+        cr_expect_eq(c->hooks[0].on, EVENT_END | EVENT_IDLE);
+        config_free(c);
+
+        /* A required key may come from the environment alone; "." maps to "_" too. */
+        setenv("CTXHOOKD_HOOK_A_SECRET", SECRET_A, 1);
+        setenv("CTXHOOKD_HOOK_A_URL", "http://a/", 1);
+        c = load_ok("[hook \"a\"]\non = conversation.new\n");
+        cr_expect_str_eq(c->hooks[0].secret, SECRET_A);
+        cr_expect_str_eq(c->hooks[0].url, "http://a/");
+        cr_expect_eq(c->hooks[0].timeout_ms, 250);
+        config_free(c);
+}
+
+Test(config, bad_hook_environment_values)
+{
+        struct ch_error err = {{0}};
+
+        setenv("CTXHOOKD_HOOK_NOTES_ON_AUTOCLOSE_ON", "conversation.bogus", 1);
+        setenv("CTXHOOKD_HOOK_NOTES_ON_AUTOCLOSE_SECRET", "whsec_AQIDBAUGBwgJCgsMDQ4P", 1);
+        load_bad(hook_full, &err);
+        cr_expect(strstr(err.msg, "environment CTXHOOKD_HOOK_NOTES_ON_AUTOCLOSE_ON: "
+                                  "\"conversation.bogus\" is not an event kind"),
+                  "%s", err.msg);
+        cr_expect(strstr(err.msg, "environment CTXHOOKD_HOOK_NOTES_ON_AUTOCLOSE_SECRET: "), "%s",
+                  err.msg);
+        cr_expect_null(strstr(err.msg, "AQIDBAUGBwgJCgsMDQ4P"), "secret echoed: %s", err.msg);
+        cr_expect_eq(count_lines(err.msg), 2, "%s", err.msg);
+}
+
+Test(config, hook_environment_variable_shared_by_two_names_is_refused)
+{
+        struct ch_error err = {{0}};
+        struct config *c;
+        static const char text[] = "[hook \"a.b\"]\non = conversation.end\nurl = http://h/\n"
+                                   "secret = " SECRET_A "\n"
+                                   "[hook \"a-b\"]\non = conversation.end\nurl = http://h/\n"
+                                   "secret = " SECRET_A "\n";
+
+        c = load_ok(text);
+        cr_expect_eq(c->n_hooks, 2);
+        config_free(c);
+        setenv("CTXHOOKD_HOOK_A_B_URL", "http://which/", 1);
+        load_bad(text, &err);
+        cr_expect_str_eq(err.msg, "environment CTXHOOKD_HOOK_A_B_URL: applies to both [hook "
+                                  "\"a.b\"] and [hook \"a-b\"]; rename one of them");
+        unsetenv("CTXHOOKD_HOOK_A_B_URL");
+}
+
+/* Replaces the first "= ********" after *from with "= value" in a malloc'ed text. */
+static char *unmask_next(char *text, size_t *from, const char *value)
+{
+        char *at = strstr(text + *from, "= "
+                                        "********"),
+             *out;
+        size_t head;
+
+        cr_assert_not_null(at, "no mask left in\n%s", text);
+        head = (size_t)(at - text) + 2;
+        out = malloc(strlen(text) + strlen(value) + 1);
+        cr_assert_not_null(out);
+        memcpy(out, text, head);
+        strcpy(out + head, value);
+        strcat(out, at + 2 + 8);
+        *from = head + strlen(value);
+        free(text);
+        return out;
+}
+
+Test(config, print_round_trips_hooks_and_kafka_extras_with_masking)
+{
+        static const char text[] = "[kafka]\n"
+                                   "brokers = k1:9092\n"
+                                   "sasl.password = kafka-pass\n"
+                                   "client.id = ctx-1\n"
+                                   "ssl.key.password = kafka-key-pass\n"
+                                   "[delivery]\n"
+                                   "retry_base_ms = 20\n"
+                                   "[hook \"first\"]\n"
+                                   "on = conversation.idle, conversation.end\n"
+                                   "close_reason = SYSTEM,TIMEOUT\n"
+                                   "url = http://127.0.0.1:9000/fn\n"
+                                   "secret = " SECRET_A "\n"
+                                   "bearer_token = the-bearer-token\n"
+                                   "clear_after = true\n"
+                                   "[hook \"second\"]\n"
+                                   "on = conversation.ttr\n"
+                                   "namespaces = agentNotes,more\n"
+                                   "url = https://b/\n"
+                                   "secret = " SECRET_B "\n";
+        struct config *c = load_ok(text), *again;
+        char *first = print_to_string(c), *unmasked, *second;
+        size_t from = 0;
+
+        cr_expect_null(strstr(first, "kafka-pass"), "%s", first);
+        cr_expect_null(strstr(first, "kafka-key-pass"), "%s", first);
+        cr_expect_null(strstr(first, "the-bearer-token"), "%s", first);
+        cr_expect_null(strstr(first, SECRET_A + 6), "%s", first);
+        cr_expect_null(strstr(first, SECRET_B + 6), "%s", first);
+        cr_expect(strstr(first, "\nsasl.password = ********\nclient.id = ctx-1\n"
+                                "ssl.key.password = ********\n"),
+                  "%s", first);
+        cr_expect(strstr(first, "\n[hook \"first\"]\n"), "%s", first);
+        cr_expect(strstr(first, "\non = conversation.end,conversation.idle\n"), "%s", first);
+        cr_expect(strstr(first, "\nclose_reason = SYSTEM,TIMEOUT\n"), "%s", first);
+        cr_expect(strstr(first, "\nnamespaces =\n"), "%s", first);
+        cr_expect(strstr(first, "\nnamespaces = agentNotes,more\n"), "%s", first);
+        cr_expect(strstr(first, "\nclose_reason =\n"), "%s", first);
+        cr_expect(strstr(first, "\nsecret = ********\n"), "%s", first);
+        cr_expect(strstr(first, "\nbearer_token = ********\n"), "%s", first);
+        cr_expect(strstr(first, "\nbearer_token =\n"), "%s", first);
+        cr_expect(strstr(first, "\nclear_after = true\n"), "%s", first);
+        cr_expect(strstr(first, "\nretry_base_ms = 20\n"), "%s", first);
+        cr_expect(strstr(first, "\nbrokers = k1:9092\n"), "%s", first);
+        cr_expect(strstr(first, "[hook \"first\"]") < strstr(first, "[hook \"second\"]"));
+
+        /* The masks in print order: [kafka] first, then each hook's secret and token. */
+        unmasked = strdup(first);
+        cr_assert_not_null(unmasked);
+        unmasked = unmask_next(unmasked, &from, "kafka-pass");
+        unmasked = unmask_next(unmasked, &from, "kafka-key-pass");
+        unmasked = unmask_next(unmasked, &from, SECRET_A);
+        unmasked = unmask_next(unmasked, &from, "the-bearer-token");
+        unmasked = unmask_next(unmasked, &from, SECRET_B);
+        again = load_ok(unmasked);
+        second = print_to_string(again);
+        cr_expect_str_eq(first, second);
+        cr_assert_eq(again->n_hooks, 2);
+        cr_expect_str_eq(again->hooks[0].secret, SECRET_A);
+        cr_expect_eq(again->hooks[0].on, EVENT_END | EVENT_IDLE);
+        cr_expect_null(again->hooks[0].namespaces);
+        cr_expect_null(again->hooks[1].close_reasons);
+        cr_assert_eq(again->kafka.n_extra, 3);
+        cr_expect_str_eq(again->kafka.extra[2].value, "kafka-key-pass");
+        free(unmasked);
+        free(first);
+        free(second);
+        config_free(again);
+        config_free(c);
+}
+
+Test(config, print_without_hooks_says_so_and_loads_back)
+{
+        struct config *c = load_ok(""), *again;
+        char *out = print_to_string(c);
+
+        cr_expect(strstr(out, "\n; no [hook \"name\"] sections\n"), "%s", out);
+        cr_expect(strstr(out, "\n[kafka]\n"), "%s", out);
+        cr_expect(strstr(out, "\n[delivery]\n"), "%s", out);
+        again = load_ok(out);
+        cr_expect_eq(again->n_hooks, 0);
+        free(out);
+        config_free(again);
+        config_free(c);
 }
