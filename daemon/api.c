@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <microhttpd.h>
+#include <openssl/crypto.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -21,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,6 +56,11 @@ struct api {
         struct MHD_Daemon *daemon;
         struct store *store;
         struct metrics *metrics;
+        struct pipeline *pipeline;
+        struct deliver *deliver;
+        bool (*ready)(void *ctx, char *why, size_t why_size);
+        void *ready_ctx;
+        char *admin_token; /* NULL = admin endpoints disabled */
         size_t max_body;
         unsigned port;
         atomic_uint in_flight; /* requests whose handler ran and that MHD has not completed */
@@ -215,8 +222,10 @@ static struct MHD_Response *make_response(size_t len, void *data, enum MHD_Respo
         return resp;
 }
 
-static enum MHD_Result answer_message(struct call *c, unsigned status, const char *allow,
-                                      const char *text)
+/* An error answer with text as its message and, when hdr is given, one more header (Allow for
+ * a 405, WWW-Authenticate for a 401). */
+static enum MHD_Result answer_message(struct call *c, unsigned status, const char *hdr,
+                                      const char *hdr_value, const char *text)
 {
         static const char oom[] = "{\"message\":\"out of memory\"}";
         char msg[MESSAGE_MAX];
@@ -234,7 +243,7 @@ static enum MHD_Result answer_message(struct call *c, unsigned status, const cha
         else
                 resp = make_response(sizeof(oom) - 1, (void *)oom, MHD_RESPMEM_PERSISTENT,
                                      CONTENT_TYPE_JSON, NULL);
-        if (resp && allow && MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow) != MHD_YES)
+        if (resp && hdr && MHD_add_response_header(resp, hdr, hdr_value) != MHD_YES)
                 resp = (MHD_destroy_response(resp), NULL);
         return answer(c, status, resp, msg);
 }
@@ -249,7 +258,7 @@ static enum MHD_Result answer_error(struct call *c, unsigned status, const char 
         va_start(ap, fmt);
         vsnprintf(text, sizeof(text), fmt, ap);
         va_end(ap);
-        return answer_message(c, status, NULL, text);
+        return answer_message(c, status, NULL, NULL, text);
 }
 
 /* 200 with v as compact JSON (v is released). */
@@ -825,8 +834,12 @@ static enum MHD_Result get_readyz(struct call *c)
 {
         static const char ready[] = "{\"status\":\"ready\"}";
 
+        char why[256] = "";
+
         if (store_ping(c->api->store) < 0)
                 return answer_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "store unavailable");
+        if (c->api->ready && !c->api->ready(c->api->ready_ctx, why, sizeof(why)))
+                return answer_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready: %s", why);
         return answer(c, MHD_HTTP_OK,
                       make_response(sizeof(ready) - 1, (void *)ready, MHD_RESPMEM_PERSISTENT,
                                     CONTENT_TYPE_JSON, NULL),
@@ -863,6 +876,127 @@ static enum MHD_Result get_metrics(struct call *c)
                       NULL);
 }
 
+/* ---- admin endpoints: dead letters ---- */
+
+static bool is_admin(enum route_resource r)
+{
+        return r == ROUTE_DEAD_LETTERS || r == ROUTE_DEAD_LETTER || r == ROUTE_DEAD_LETTER_REDRIVE;
+}
+
+/* Authorization: Bearer <[api] admin_token>, compared in constant time. */
+static int check_admin(struct call *c)
+{
+        const char *token = c->api->admin_token, *h;
+        size_t len;
+
+        if (!token) {
+                answer_error(c, MHD_HTTP_NOT_FOUND,
+                             "the admin endpoints are disabled: set [api] admin_token");
+                return -ENOENT;
+        }
+        h = header(c, MHD_HTTP_HEADER_AUTHORIZATION);
+        if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
+                answer_message(c, MHD_HTTP_UNAUTHORIZED, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                               "Bearer realm=\"ctxhookd admin\"",
+                               "missing Authorization: Bearer <admin token>");
+                return -EPERM;
+        }
+        h += 7;
+        len = strlen(token);
+        if (strlen(h) != len || CRYPTO_memcmp(h, token, len) != 0) {
+                answer_error(c, MHD_HTTP_FORBIDDEN, "invalid admin token");
+                return -EPERM;
+        }
+        return 0;
+}
+
+static int dead_letter_id(struct call *c, const struct route *rt, int64_t *ret)
+{
+        char shown[SHOW_MAX];
+
+        if (parse_decimal(rt->id, strlen(rt->id), 1, INT64_MAX, ret) == 0)
+                return 0;
+        printable(rt->id, strlen(rt->id), shown, sizeof(shown));
+        answer_error(c, MHD_HTTP_NOT_FOUND, "no dead letter '%s': ids are positive integers",
+                     shown);
+        return -ENOENT;
+}
+
+static enum MHD_Result get_dead_letters(struct call *c)
+{
+        int64_t limit = 100, after = 0;
+        json_t *items;
+        int r;
+
+        if (check_decimal_arg(c, "limit", 1, 1000, &limit) < 0 ||
+            check_decimal_arg(c, "after", 0, INT64_MAX, &after) < 0)
+                return c->result;
+        r = store_dead_list(c->api->store, after, limit, &items);
+        if (r < 0)
+                return answer_store_error(c, r, "the dead letters");
+        return answer_json(c, json_pack("{s:o}", "items", items), NULL);
+}
+
+static enum MHD_Result delete_dead_letter(struct call *c, const struct route *rt)
+{
+        int64_t id;
+        int r;
+
+        if (dead_letter_id(c, rt, &id) < 0)
+                return c->result;
+        r = store_dead_delete(c->api->store, id);
+        if (r == -ENOENT)
+                return answer_error(c, MHD_HTTP_NOT_FOUND, "dead letter %" PRId64 " not found", id);
+        if (r < 0)
+                return answer_store_error(c, r, "the dead letter");
+        return answer_no_content(c, NULL);
+}
+
+/* A dead delivery goes back to the outbox; a dead event goes through the pipeline again and
+ * its dead letter is deleted only once that is recorded (it may become a new dead letter). */
+static enum MHD_Result post_redrive(struct call *c, const struct route *rt)
+{
+        struct pipeline_result res = {0};
+        char *raw = NULL, *source = NULL;
+        size_t raw_len = 0;
+        int64_t id;
+        json_t *o;
+        int r;
+
+        if (dead_letter_id(c, rt, &id) < 0)
+                return c->result;
+        if (!c->api->pipeline)
+                return answer_error(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                    "redrive is not available in this process");
+        r = store_dead_redrive(c->api->store, id, now_ms(), &raw, &raw_len, &source);
+        if (r == -ENOENT)
+                return answer_error(c, MHD_HTTP_NOT_FOUND, "dead letter %" PRId64 " not found", id);
+        if (r < 0)
+                return answer_store_error(c, r, "the dead letter");
+        if (r == 1) {
+                if (c->api->deliver)
+                        deliver_wake(c->api->deliver);
+                return answer_json(
+                    c, json_pack("{s:I, s:s}", "id", (json_int_t)id, "redriven", "delivery"), NULL);
+        }
+        r = pipeline_process(c->api->pipeline, source, NULL, raw, raw_len, now_ms(), &res);
+        free(raw);
+        free(source);
+        if (r < 0)
+                return answer_store_error(c, r, "the redriven event");
+        r = store_dead_delete(c->api->store, id);
+        if (r < 0 && r != -ENOENT)
+                return answer_store_error(c, r, "the redriven dead letter");
+        if (res.deliveries > 0 && c->api->deliver)
+                deliver_wake(c->api->deliver);
+        o = json_pack("{s:I, s:s, s:I, s:I, s:b}", "id", (json_int_t)id, "redriven", "event",
+                      "events", (json_int_t)res.events, "deliveries", (json_int_t)res.deliveries,
+                      "dead", res.dead);
+        if (o && res.dead && json_object_set_new(o, "reason", json_string(res.reason)) < 0)
+                o = (json_decref(o), NULL);
+        return answer_json(c, o, NULL);
+}
+
 /* GET/HEAD/DELETE: everything is known on the first callback. */
 static enum MHD_Result dispatch_bodiless(struct call *c, const struct route *rt,
                                          enum route_method m)
@@ -888,6 +1022,10 @@ static enum MHD_Result dispatch_bodiless(struct call *c, const struct route *rt,
                 return get_sessions(c, rt);
         case ROUTE_SESSION:
                 return delete_session(c, rt);
+        case ROUTE_DEAD_LETTERS:
+                return get_dead_letters(c);
+        case ROUTE_DEAD_LETTER:
+                return delete_dead_letter(c, rt);
         default:
                 return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "no handler for %s",
                                     route_resource_name(rt->resource));
@@ -908,6 +1046,8 @@ static enum MHD_Result dispatch_body(struct call *c, const struct route *rt, str
                 return put_prop(c, rt, rq);
         case ROUTE_SESSIONS:
                 return post_sessions(c, rt, rq);
+        case ROUTE_DEAD_LETTER_REDRIVE:
+                return post_redrive(c, rt);
         default:
                 return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "no handler for %s",
                                     route_resource_name(rt->resource));
@@ -946,13 +1086,19 @@ static int check_request(struct call *c, struct route *rt, struct request *rq)
                 printable(c->method, strlen(c->method), shown, sizeof(shown));
                 snprintf(text, sizeof(text), "method %s is not allowed here; allowed: %s", shown,
                          route_allow_header(rt->resource));
-                answer_message(c, MHD_HTTP_METHOD_NOT_ALLOWED, route_allow_header(rt->resource),
-                               text);
+                answer_message(c, MHD_HTTP_METHOD_NOT_ALLOWED, MHD_HTTP_HEADER_ALLOW,
+                               route_allow_header(rt->resource), text);
                 return -EPERM;
         }
         if (rt->resource == ROUTE_HEALTHZ || rt->resource == ROUTE_READYZ ||
             rt->resource == ROUTE_METRICS)
                 return 1;
+        if (is_admin(rt->resource)) {
+                r = check_admin(c);
+                if (r == 0 && has_body(rq->method))
+                        r = check_content_length(c);
+                return r;
+        }
         r = check_auth(c, rt->account);
         if (r < 0)
                 return r;
@@ -1212,6 +1358,18 @@ int api_start(const struct api_options *opts, struct store *store, struct metric
         a->store = store;
         a->metrics = metrics;
         a->max_body = opts->max_body;
+        a->pipeline = opts->pipeline;
+        a->deliver = opts->deliver;
+        a->ready = opts->ready;
+        a->ready_ctx = opts->ready_ctx;
+        if (opts->admin_token && opts->admin_token[0]) {
+                a->admin_token = strdup(opts->admin_token);
+                if (!a->admin_token) {
+                        free(a);
+                        ch_error_set(err, "out of memory");
+                        return -ENOMEM;
+                }
+        }
 
         ops[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &addr};
         ops[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)api_mhd_log, a};
@@ -1239,6 +1397,7 @@ int api_start(const struct api_options *opts, struct store *store, struct metric
         if (!a->daemon) {
                 ch_error_set(err, "cannot listen on %s: %s", opts->listen,
                              a->start_error[0] ? a->start_error : strerror(-r));
+                free(a->admin_token);
                 free(a);
                 return r;
         }
@@ -1274,6 +1433,7 @@ struct api *api_stop(struct api *a)
         /* Ours to close since the quiesce, and only now that no MHD thread can touch it. */
         if (listen_fd != MHD_INVALID_SOCKET)
                 close(listen_fd);
+        free(a->admin_token);
         free(a);
         return NULL;
 }

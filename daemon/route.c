@@ -27,6 +27,9 @@ static const unsigned allowed[ROUTE__COUNT] = {
     [ROUTE_HEALTHZ] = ROUTE_M_GET | ROUTE_M_HEAD,
     [ROUTE_READYZ] = ROUTE_M_GET | ROUTE_M_HEAD,
     [ROUTE_METRICS] = ROUTE_M_GET | ROUTE_M_HEAD,
+    [ROUTE_DEAD_LETTERS] = ROUTE_M_GET | ROUTE_M_HEAD,
+    [ROUTE_DEAD_LETTER] = ROUTE_M_DELETE,
+    [ROUTE_DEAD_LETTER_REDRIVE] = ROUTE_M_POST,
 };
 
 /* Kept in step with `allowed` by test_route.c, which rebuilds each string from the bits. */
@@ -45,6 +48,9 @@ static const char *const allow_headers[ROUTE__COUNT] = {
     [ROUTE_HEALTHZ] = "GET, HEAD",
     [ROUTE_READYZ] = "GET, HEAD",
     [ROUTE_METRICS] = "GET, HEAD",
+    [ROUTE_DEAD_LETTERS] = "GET, HEAD",
+    [ROUTE_DEAD_LETTER] = "DELETE",
+    [ROUTE_DEAD_LETTER_REDRIVE] = "POST",
 };
 
 static const char *const names[ROUTE__COUNT] = {
@@ -62,6 +68,9 @@ static const char *const names[ROUTE__COUNT] = {
     [ROUTE_HEALTHZ] = "healthz",
     [ROUTE_READYZ] = "readyz",
     [ROUTE_METRICS] = "metrics",
+    [ROUTE_DEAD_LETTERS] = "dead_letters",
+    [ROUTE_DEAD_LETTER] = "dead_letter",
+    [ROUTE_DEAD_LETTER_REDRIVE] = "dead_letter_redrive",
 };
 
 enum route_method route_method_from_string(const char *method)
@@ -152,7 +161,7 @@ int route_parse(const char *path, struct route *ret)
         char *p;
 
         ret->resource = ROUTE_NOT_FOUND;
-        ret->account = ret->ns = ret->sid = ret->prop = NULL;
+        ret->account = ret->ns = ret->sid = ret->prop = ret->id = NULL;
         ret->buf[0] = '\0';
 
         if (!path)
@@ -188,6 +197,17 @@ int route_parse(const char *path, struct route *ret)
                         ret->resource = ROUTE_READYZ;
                 else if (eq(seg[0], "metrics"))
                         ret->resource = ROUTE_METRICS;
+                return 0;
+        }
+        if (n >= 2 && n <= 4 && eq(seg[0], "admin") && eq(seg[1], "dead-letters")) {
+                if (n == 2)
+                        ret->resource = ROUTE_DEAD_LETTERS;
+                else if (n == 3)
+                        ret->resource = ROUTE_DEAD_LETTER;
+                else if (eq(seg[3], "redrive"))
+                        ret->resource = ROUTE_DEAD_LETTER_REDRIVE;
+                if (n >= 3 && ret->resource != ROUTE_NOT_FOUND)
+                        ret->id = seg[2];
                 return 0;
         }
         if (n >= 3 && eq(seg[0], "v1") && eq(seg[1], "account"))

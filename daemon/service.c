@@ -10,11 +10,18 @@
 #include <time.h>
 
 #include "ctxhookd/api.h"
+#include "ctxhookd/consumer.h"
+#include "ctxhookd/deliver.h"
 #include "ctxhookd/log.h"
 #include "ctxhookd/metrics.h"
 #include "ctxhookd/notify.h"
+#include "ctxhookd/pipeline.h"
 #include "ctxhookd/service.h"
 #include "ctxhookd/store.h"
+
+/* How long deliveries in flight may take to finish on SIGTERM (systemd's TimeoutStopSec is
+ * 30 s). */
+#define STOP_GRACE_MS 5000
 
 struct sweeper {
         pthread_t thread;
@@ -23,6 +30,7 @@ struct sweeper {
         bool stop;
         struct store *store;
         long long interval_s;
+        long long retention_s;
 };
 
 long long service_now_ms(void)
@@ -56,20 +64,27 @@ static void *sweeper_main(void *arg)
                         log_warning("sweeper: deleting expired data failed: %s", strerror(-r));
                 else if (deleted > 0)
                         log_info("sweeper: deleted %lld expired rows", (long long)deleted);
+                r = store_dedup_expire(sw->store, service_now_ms() - sw->retention_s * 1000,
+                                       &deleted);
+                if (r < 0)
+                        log_warning("sweeper: forgetting old dedup keys failed: %s", strerror(-r));
+                else if (deleted > 0)
+                        log_debug("sweeper: forgot %lld dedup keys", (long long)deleted);
                 pthread_mutex_lock(&sw->lock);
         }
         pthread_mutex_unlock(&sw->lock);
         return NULL;
 }
 
-static int sweeper_start(struct sweeper *sw, struct store *store, long long interval_s)
+static int sweeper_start(struct sweeper *sw, struct store *store, const struct config *cfg)
 {
         pthread_condattr_t attr;
         int r;
 
         sw->stop = false;
         sw->store = store;
-        sw->interval_s = interval_s;
+        sw->interval_s = cfg->store.sweep_interval_s;
+        sw->retention_s = cfg->delivery.retention_s;
         pthread_mutex_init(&sw->lock, NULL);
         pthread_condattr_init(&attr);
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -128,7 +143,32 @@ static void format_listening(const char *listen, unsigned port, char *out, size_
         snprintf(out, size, "listening on http://%.*s:%u", host_len, listen, port);
 }
 
-int service_run(const struct config *cfg)
+/* The parts of a running daemon, in the order they start; they stop in reverse. */
+struct service {
+        const struct config *cfg;
+        struct store *store;
+        struct metrics *metrics;
+        struct pipeline *pipeline;
+        struct deliver *deliver;
+        struct consumer *consumer;
+        struct api *api;
+        struct sweeper sweeper;
+        bool sweeper_running;
+};
+
+/* /readyz: with Kafka configured, ready once partitions are assigned. */
+static bool service_ready(void *ctx, char *why, size_t why_size)
+{
+        struct service *sv = ctx;
+
+        if (sv->consumer && !consumer_ready(sv->consumer)) {
+                snprintf(why, why_size, "no Kafka partitions assigned yet");
+                return false;
+        }
+        return true;
+}
+
+static int service_start(struct service *sv, const struct config *cfg)
 {
         struct store_options sopts = {
             .path = cfg->store.path,
@@ -136,6 +176,44 @@ int service_run(const struct config *cfg)
             .pool_size = (unsigned)cfg->store.pool_size,
             .cache_entries = (unsigned)cfg->store.cache_entries,
         };
+        struct ch_error err = {{0}};
+        const char *hook_names[CONFIG_HOOKS_MAX];
+        int r;
+
+        sv->cfg = cfg;
+        r = store_open(&sopts, &sv->store, &err);
+        if (r < 0) {
+                log_error("cannot open the store: %s", err.msg);
+                return r;
+        }
+        sv->metrics = metrics_new();
+        if (!sv->metrics)
+                return -ENOMEM;
+        for (size_t i = 0; i < cfg->n_hooks; i++)
+                hook_names[i] = cfg->hooks[i].name;
+        r = metrics_set_hooks(sv->metrics, hook_names, cfg->n_hooks);
+        if (r < 0)
+                return r;
+        r = pipeline_new(sv->store, sv->metrics, cfg, &sv->pipeline);
+        if (r < 0)
+                return r;
+        r = deliver_start(cfg, sv->store, sv->metrics, &sv->deliver, &err);
+        if (r < 0) {
+                log_error("cannot start the delivery thread: %s", err.msg);
+                return r;
+        }
+        if (cfg->kafka.brokers[0]) {
+                r = consumer_start(cfg, sv->pipeline, sv->store, sv->deliver, sv->metrics,
+                                   &sv->consumer, &err);
+                if (r < 0) {
+                        log_error("cannot start the Kafka consumer: %s", err.msg);
+                        return r;
+                }
+                log_notice("consuming topic %s from %s as group %s", cfg->kafka.topic,
+                           consumer_bootstrap(sv->consumer), cfg->kafka.group);
+        } else {
+                log_notice("no [kafka] brokers configured: not consuming from Kafka");
+        }
         struct api_options aopts = {
             .listen = cfg->api.listen,
             .max_body = (size_t)cfg->api.max_body,
@@ -143,12 +221,43 @@ int service_run(const struct config *cfg)
             .max_connections = (unsigned)cfg->api.max_connections,
             .connection_timeout_s = (unsigned)cfg->api.connection_timeout_s,
             .admin_token = cfg->api.admin_token,
+            .pipeline = sv->pipeline,
+            .deliver = sv->deliver,
+            .ready = service_ready,
+            .ready_ctx = sv,
         };
-        struct ch_error err = {{0}};
-        struct store *store = NULL;
-        struct metrics *metrics = NULL;
-        struct api *api = NULL;
-        struct sweeper sweeper;
+        r = api_start(&aopts, sv->store, sv->metrics, &sv->api, &err);
+        if (r < 0) {
+                log_error("cannot start the HTTP server: %s", err.msg);
+                return r;
+        }
+        r = sweeper_start(&sv->sweeper, sv->store, cfg);
+        if (r < 0) {
+                log_error("cannot start the sweeper thread: %s", strerror(-r));
+                return r;
+        }
+        sv->sweeper_running = true;
+        return 0;
+}
+
+/* Stops in the order that loses nothing: no new requests, no new messages (final offsets are
+ * committed), then deliveries in flight get a grace period (the rest are claimed again after
+ * a restart), then the store closes. */
+static void service_stop(struct service *sv)
+{
+        if (sv->sweeper_running)
+                sweeper_stop(&sv->sweeper);
+        sv->api = api_stop(sv->api);
+        sv->consumer = consumer_stop(sv->consumer);
+        sv->deliver = deliver_stop(sv->deliver, STOP_GRACE_MS);
+        sv->pipeline = pipeline_free(sv->pipeline);
+        sv->metrics = metrics_free(sv->metrics);
+        sv->store = store_close(sv->store);
+}
+
+int service_run(const struct config *cfg)
+{
+        struct service sv = {0};
         char status[256];
         sigset_t set;
         int r, sig;
@@ -163,46 +272,22 @@ int service_run(const struct config *cfg)
         /* A client closing its socket early must not kill the process. */
         signal(SIGPIPE, SIG_IGN);
 
-        r = store_open(&sopts, &store, &err);
+        r = service_start(&sv, cfg);
         if (r < 0) {
-                log_error("cannot open the store: %s", err.msg);
-                notify_stopping("store unavailable");
+                if (r == -ENOMEM)
+                        log_error("out of memory");
+                notify_stopping("failed to start");
+                service_stop(&sv);
                 return r;
         }
-        metrics = metrics_new();
-        if (!metrics) {
-                log_error("out of memory");
-                store_close(store);
-                notify_stopping("out of memory");
-                return -ENOMEM;
-        }
-        r = api_start(&aopts, store, metrics, &api, &err);
-        if (r < 0) {
-                log_error("cannot start the HTTP server: %s", err.msg);
-                goto out;
-        }
-        r = sweeper_start(&sweeper, store, cfg->store.sweep_interval_s);
-        if (r < 0) {
-                log_error("cannot start the sweeper thread: %s", strerror(-r));
-                goto out;
-        }
-
-        format_listening(cfg->api.listen, api_port(api), status, sizeof(status));
+        format_listening(cfg->api.listen, api_port(sv.api), status, sizeof(status));
         log_notice("%s (store %s)", status, cfg->store.path);
         notify_ready(status);
 
         sig = wait_for_stop(&set);
         log_notice("%s received, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
         notify_stopping("shutting down");
-        sweeper_stop(&sweeper);
-        r = 0;
-out:
-        api = api_stop(api);
-        metrics = metrics_free(metrics);
-        store = store_close(store);
-        if (r < 0)
-                notify_stopping("failed to start");
-        else
-                log_notice("stopped");
-        return r;
+        service_stop(&sv);
+        log_notice("stopped");
+        return 0;
 }

@@ -3,8 +3,9 @@
  * maps a NULL session id to STORE_DEFAULT_SESSION, and dispatches to the backend's operation
  * table. It also keeps the read cache of key hashes and single properties (store_cache.h):
  * reads are served from it while the backend's change counter is unchanged, and every write
- * bumps that counter once it is done. Also the helpers all backends share: ETag text,
- * If-Match matching, time format. */
+ * bumps that counter once it is done (outbox and dead-letter writes excepted: they do not touch
+ * Context API data). Also the helpers all backends share: ETag text, If-Match matching, time
+ * format, lossy JSON text of arbitrary bytes. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -511,4 +512,276 @@ int store_sweep(struct store *s, int64_t now_ms, int64_t *ret_deleted)
         if (!s || now_ms < 0)
                 return -EINVAL;
         return written(s, STORE_GEN_DATA, s->ops->sweep(s->impl, now_ms, ret_deleted));
+}
+
+/* ---- Outbox and dead letters ----
+ *
+ * None of these writes changes Context API data, so they do not bump STORE_GEN_DATA: cached
+ * key hashes and properties stay valid, and a busy delivery thread does not empty the read
+ * cache of the HTTP workers. The one exception is store_outbox_done of a delivery with
+ * clear_namespaces, which deletes session properties and so must invalidate cached reads. */
+
+/* A string the store keeps as given: present and at most max bytes. */
+static int check_text(const char *s, size_t max)
+{
+        if (!s || strnlen(s, max + 1) > max)
+                return -EINVAL;
+        return 0;
+}
+
+/* clear_namespaces: NULL, or a JSON array of strings the store could hold as namespaces. */
+static int check_clear_namespaces(const char *text)
+{
+        json_t *list, *ns;
+        size_t i;
+        int rc = 0;
+
+        if (!text)
+                return 0;
+        list = json_loads(text, 0, NULL);
+        if (!json_is_array(list)) {
+                json_decref(list);
+                return -EINVAL;
+        }
+        json_array_foreach(list, i, ns)
+        {
+                const char *name = json_string_value(ns);
+
+                if (!name || strlen(name) != json_string_length(ns) ||
+                    check_name(name, STORE_NAMESPACE_MAX) < 0) {
+                        rc = -EINVAL;
+                        break;
+                }
+        }
+        json_decref(list);
+        return rc;
+}
+
+static int check_enqueue(const struct store_enqueue *it)
+{
+        int rc;
+
+        rc = check_name(it->hook, STORE_HOOK_MAX);
+        if (rc >= 0)
+                rc = check_name(it->account, STORE_ACCOUNT_MAX);
+        if (rc >= 0)
+                rc = check_name(it->conversation, STORE_NAME_MAX);
+        if (rc >= 0)
+                rc = check_name(it->webhook_id, STORE_WEBHOOK_ID_MAX);
+        if (rc >= 0 && !it->body)
+                rc = -EINVAL;
+        if (rc >= 0)
+                rc = check_clear_namespaces(it->clear_namespaces);
+        return rc;
+}
+
+static int check_dedup_key(const char *dedup_key)
+{
+        return dedup_key ? check_text(dedup_key, STORE_DEDUP_KEY_MAX) : 0;
+}
+
+int store_outbox_enqueue(struct store *s, const char *dedup_key, const struct store_enqueue *items,
+                         size_t n, int64_t now_ms)
+{
+        int rc;
+
+        if (!s || now_ms < 0 || (n > 0 && !items))
+                return -EINVAL;
+        rc = check_dedup_key(dedup_key);
+        if (rc < 0)
+                return rc;
+        for (size_t i = 0; i < n; i++) {
+                rc = check_enqueue(&items[i]);
+                if (rc < 0)
+                        return rc;
+        }
+        return s->ops->outbox_enqueue(s->impl, dedup_key, items, n, now_ms);
+}
+
+int store_outbox_claim(struct store *s, int64_t now_ms, int64_t lease_ms, size_t limit,
+                       struct store_delivery **ret, size_t *ret_n)
+{
+        if (!s || !ret || !ret_n || now_ms < 0 || lease_ms < 1 || limit < 1)
+                return -EINVAL;
+        if (lease_ms > INT64_MAX - now_ms)
+                return -EINVAL;
+        return s->ops->outbox_claim(s->impl, now_ms, lease_ms, limit, ret, ret_n);
+}
+
+void store_deliveries_free(struct store_delivery *d, size_t n)
+{
+        if (!d)
+                return;
+        for (size_t i = 0; i < n; i++) {
+                free(d[i].hook);
+                free(d[i].account);
+                free(d[i].conversation);
+                free(d[i].webhook_id);
+                free(d[i].body);
+        }
+        free(d);
+}
+
+int store_outbox_done(struct store *s, int64_t id, int64_t now_ms)
+{
+        bool cleared = false;
+        int rc;
+
+        if (!s || now_ms < 0)
+                return -EINVAL;
+        rc = s->ops->outbox_done(s->impl, id, now_ms, &cleared);
+        /* As written(): a failed write bumps too, since it is cheap and always safe. */
+        if (cleared || rc < 0)
+                return written(s, STORE_GEN_DATA, rc);
+        return rc;
+}
+
+int store_outbox_retry(struct store *s, int64_t id, int64_t attempts, int64_t next_attempt_ms,
+                       const char *last_error)
+{
+        if (!s || attempts < 0 || next_attempt_ms < 0)
+                return -EINVAL;
+        return s->ops->outbox_retry(s->impl, id, attempts, next_attempt_ms, last_error);
+}
+
+int store_outbox_dead(struct store *s, int64_t id, const char *reason, int64_t now_ms)
+{
+        if (!s || !reason || now_ms < 0)
+                return -EINVAL;
+        return s->ops->outbox_dead(s->impl, id, reason, now_ms);
+}
+
+int store_outbox_depth(struct store *s, int64_t *ret)
+{
+        if (!s || !ret)
+                return -EINVAL;
+        return s->ops->outbox_depth(s->impl, ret);
+}
+
+int store_outbox_next_due(struct store *s, int64_t *ret_ms)
+{
+        if (!s || !ret_ms)
+                return -EINVAL;
+        return s->ops->outbox_next_due(s->impl, ret_ms);
+}
+
+int store_dead_add(struct store *s, const char *dedup_key, const char *source, const char *reason,
+                   const char *raw, size_t raw_len, int64_t now_ms)
+{
+        int rc;
+
+        if (!s || !source || !reason || (!raw && raw_len > 0) || now_ms < 0)
+                return -EINVAL;
+        rc = check_dedup_key(dedup_key);
+        if (rc < 0)
+                return rc;
+        return s->ops->dead_add(s->impl, dedup_key, source, reason, raw, raw_len, now_ms);
+}
+
+int store_dead_list(struct store *s, int64_t after_id, int64_t limit, json_t **ret_array)
+{
+        if (!s || !ret_array || limit < 1 || limit > 1000)
+                return -EINVAL;
+        return s->ops->dead_list(s->impl, after_id, limit, ret_array);
+}
+
+int store_dead_count(struct store *s, int64_t *ret)
+{
+        if (!s || !ret)
+                return -EINVAL;
+        return s->ops->dead_count(s->impl, ret);
+}
+
+int store_dead_redrive(struct store *s, int64_t id, int64_t now_ms, char **ret_raw,
+                       size_t *ret_raw_len, char **ret_source)
+{
+        /* All three out-parameters are required: only the backend knows whether the dead
+         * letter is an event, which is handed back through them. */
+        if (!s || now_ms < 0 || !ret_raw || !ret_raw_len || !ret_source)
+                return -EINVAL;
+        return s->ops->dead_redrive(s->impl, id, now_ms, ret_raw, ret_raw_len, ret_source);
+}
+
+int store_dead_delete(struct store *s, int64_t id)
+{
+        if (!s)
+                return -EINVAL;
+        return s->ops->dead_delete(s->impl, id);
+}
+
+int store_dedup_expire(struct store *s, int64_t before_ms, int64_t *ret_deleted)
+{
+        /* A negative before_ms (a retention longer than the clock's age) just forgets nothing. */
+        if (!s)
+                return -EINVAL;
+        return s->ops->dedup_expire(s->impl, before_ms, ret_deleted);
+}
+
+/* Length of the longest prefix of p[0..left) (left ≥ 1) that starts a well-formed UTF-8
+ * sequence: the sequence's full length with *ret_ok set, or (at least 1) the length of the
+ * maximal ill-formed subpart, which becomes one U+FFFD. Ranges per Unicode table 3-7. */
+static size_t utf8_scan(const unsigned char *p, size_t left, bool *ret_ok)
+{
+        unsigned char lo = 0x80, hi = 0xbf;
+        size_t need;
+
+        *ret_ok = false;
+        if (p[0] < 0x80) {
+                *ret_ok = true;
+                return 1;
+        }
+        if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+                need = 2;
+        } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+                need = 3;
+                lo = p[0] == 0xe0 ? 0xa0 : 0x80; /* overlong */
+                hi = p[0] == 0xed ? 0x9f : 0xbf; /* surrogates */
+        } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+                need = 4;
+                lo = p[0] == 0xf0 ? 0x90 : 0x80; /* overlong */
+                hi = p[0] == 0xf4 ? 0x8f : 0xbf; /* above U+10FFFF */
+        } else {
+                return 1;
+        }
+        for (size_t i = 1; i < need; i++) {
+                if (i >= left || p[i] < lo || p[i] > hi)
+                        return i;
+                lo = 0x80;
+                hi = 0xbf;
+        }
+        *ret_ok = true;
+        return need;
+}
+
+json_t *store_json_lossy(const char *p, size_t len)
+{
+        static const char replacement[] = "\xef\xbf\xbd";
+        const unsigned char *in = (const unsigned char *)p;
+        _cleanup_free_ char *out = NULL;
+        size_t o = 0;
+
+        if (len == 0)
+                return json_string("");
+        if (names_utf8_valid(p, len))
+                return json_stringn(p, len);
+        /* Every input byte yields at most 3 output bytes (one U+FFFD per ill-formed byte). */
+        if (len > SIZE_MAX / 3)
+                return NULL;
+        out = malloc(len * 3);
+        if (!out)
+                return NULL;
+        for (size_t i = 0; i < len;) {
+                bool ok;
+                size_t n = utf8_scan(in + i, len - i, &ok);
+
+                if (ok) {
+                        memcpy(out + o, in + i, n);
+                        o += n;
+                } else {
+                        memcpy(out + o, replacement, 3);
+                        o += 3;
+                }
+                i += n;
+        }
+        return json_stringn(out, o);
 }

@@ -68,6 +68,30 @@ struct store_ops {
 
         int (*sweep)(void *impl, int64_t now_ms, int64_t *ret_deleted);
 
+        /* The outbox and dead letters. store.c has checked every string (lengths, UTF-8 where
+         * store.h asks for names) and that clear_namespaces is a JSON array of namespace names,
+         * so the backend stores them as given. outbox_done sets *ret_cleared when it deleted
+         * session properties (clear_namespaces), so store.c knows to invalidate cached reads;
+         * none of the other operations touches Context API data. */
+        int (*outbox_enqueue)(void *impl, const char *dedup_key, const struct store_enqueue *items,
+                              size_t n, int64_t now_ms);
+        int (*outbox_claim)(void *impl, int64_t now_ms, int64_t lease_ms, size_t limit,
+                            struct store_delivery **ret, size_t *ret_n);
+        int (*outbox_done)(void *impl, int64_t id, int64_t now_ms, bool *ret_cleared);
+        int (*outbox_retry)(void *impl, int64_t id, int64_t attempts, int64_t next_attempt_ms,
+                            const char *last_error);
+        int (*outbox_dead)(void *impl, int64_t id, const char *reason, int64_t now_ms);
+        int (*outbox_depth)(void *impl, int64_t *ret);
+        int (*outbox_next_due)(void *impl, int64_t *ret_ms);
+        int (*dead_add)(void *impl, const char *dedup_key, const char *source, const char *reason,
+                        const char *raw, size_t raw_len, int64_t now_ms);
+        int (*dead_list)(void *impl, int64_t after_id, int64_t limit, json_t **ret_array);
+        int (*dead_count)(void *impl, int64_t *ret);
+        int (*dead_redrive)(void *impl, int64_t id, int64_t now_ms, char **ret_raw,
+                            size_t *ret_raw_len, char **ret_source);
+        int (*dead_delete)(void *impl, int64_t id);
+        int (*dedup_expire)(void *impl, int64_t before_ms, int64_t *ret_deleted);
+
         /* Change counters shared by every process using the same database (see
          * store_cache.h): gen_load reads one, gen_bump increments it after a write has
          * finished. Both NULL when the backend cannot offer them; store.c then caches
@@ -105,5 +129,10 @@ void store_etag_format(uint64_t tag, char out[STORE_ETAG_MAX]);
  * current ETag of an existing thing. Weak tags (W/"…") never match, as RFC 9110 requires of
  * If-Match's strong comparison. */
 bool store_etag_matches(const char *if_match, const char *etag);
+
+/* A JSON string of the bytes p[0..len): well-formed UTF-8 is kept as is (NUL included), every
+ * maximal ill-formed subsequence becomes one U+FFFD, as the Unicode standard recommends. For
+ * dead letters, whose raw bytes may be anything. NULL when out of memory. */
+json_t *store_json_lossy(const char *p, size_t len);
 
 #endif

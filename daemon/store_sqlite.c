@@ -5,8 +5,10 @@
  * `apikey create` CLI) by BEGIN IMMEDIATE with the configured busy timeout; every write is one
  * transaction that is rolled back on any failure. TTL liveness is judged at read time from the
  * effective TTL COALESCE(session, namespace, 0), so a changed namespace TTL applies at once;
- * sweeping only reclaims space. The schema is versioned with PRAGMA user_version and an ordered
- * list of migrations. */
+ * sweeping only reclaims space. The outbox is one FIFO per (hook, conversation) whose head alone
+ * is claimable, leased by time; dead letters and dedup keys live beside it, so queueing a
+ * message and recording it as seen are one transaction. The schema is versioned with PRAGMA
+ * user_version and an ordered list of migrations. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -31,6 +33,9 @@
 #define DUMP_BUF_KEEP (64 * 1024)
 /* Sessions examined per sweep transaction. */
 #define SWEEP_BATCH 500
+/* Dedup keys forgotten per transaction, so expiring a day of Kafka offsets does not hold the
+ * write lock for long. */
+#define DEDUP_BATCH 5000
 
 /* Migration i brings the schema from version i to i + 1. Append only; never edit a shipped
  * step. ETags are random 64-bit values, so a recreated session or property never gets back an
@@ -72,6 +77,67 @@ static const char *const migrations[] = {
     "  key_hash BLOB NOT NULL,"
     "  created_at INTEGER NOT NULL"
     ") STRICT, WITHOUT ROWID;",
+
+    /* 2: the outbox, dead letters and dedup keys (issue 3). AUTOINCREMENT so that an id is
+     * never reused: a late done() or retry() from a claimer whose lease expired, or an admin
+     * acting on a listed dead letter, must never hit a newer row that got the same id. `head`
+     * marks the oldest row of each (hook, conversation), the only one claimable; keeping it as
+     * a column lets the partial index outbox_ready hold just the claimable candidates, so a
+     * claim reads only what it returns however many rows wait behind a failing or leased head.
+     * The index is on the time a head becomes claimable: its next attempt or, while it is
+     * leased, the end of the lease. Row counts come from two counters (see `removed`), so
+     * depth and the dead letter gauge cost two lookups instead of a scan of every row. */
+    "CREATE TABLE outbox ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  hook TEXT NOT NULL,"
+    "  account TEXT NOT NULL,"
+    "  conversation TEXT NOT NULL,"
+    "  webhook_id TEXT NOT NULL,"
+    "  body BLOB NOT NULL,"
+    "  clear_namespaces TEXT," /* JSON array of namespace names, or NULL */
+    "  attempts INTEGER NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  next_attempt_ms INTEGER NOT NULL,"
+    "  lease_until_ms INTEGER NOT NULL," /* 0: not in flight */
+    "  head INTEGER NOT NULL,"
+    "  last_error TEXT"
+    ") STRICT;"
+    "CREATE INDEX outbox_queue ON outbox (hook, conversation, id);"
+    "CREATE INDEX outbox_ready ON outbox (MAX(next_attempt_ms, lease_until_ms)) WHERE head = 1;"
+    "CREATE TABLE dead_letters ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  kind TEXT NOT NULL CHECK (kind IN ('event', 'delivery')),"
+    "  source TEXT NOT NULL,"
+    "  reason TEXT NOT NULL,"
+    "  received_ms INTEGER NOT NULL,"
+    "  raw BLOB NOT NULL,"
+    /* Deliveries only: what it takes to queue them again. */
+    "  hook TEXT,"
+    "  account TEXT,"
+    "  conversation TEXT,"
+    "  webhook_id TEXT,"
+    "  clear_namespaces TEXT,"
+    "  attempts INTEGER,"
+    "  created_ms INTEGER,"
+    "  last_error TEXT"
+    ") STRICT;"
+    "CREATE TABLE dedup ("
+    "  key TEXT NOT NULL PRIMARY KEY,"
+    "  at_ms INTEGER NOT NULL"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE INDEX dedup_at ON dedup (at_ms);"
+    /* Rows ever removed from each AUTOINCREMENT table. Rows ever inserted is the table's
+     * sqlite_sequence entry, so the difference is the row count, and an insert (the ingest
+     * path) writes no page beyond those it must. */
+    "CREATE TABLE removed ("
+    "  tbl TEXT NOT NULL PRIMARY KEY,"
+    "  n INTEGER NOT NULL"
+    ") STRICT, WITHOUT ROWID;"
+    "INSERT INTO removed (tbl, n) VALUES ('outbox', 0), ('dead_letters', 0);"
+    "CREATE TRIGGER outbox_removed AFTER DELETE ON outbox BEGIN"
+    "  UPDATE removed SET n = n + 1 WHERE tbl = 'outbox'; END;"
+    "CREATE TRIGGER dead_letters_removed AFTER DELETE ON dead_letters BEGIN"
+    "  UPDATE removed SET n = n + 1 WHERE tbl = 'dead_letters'; END;",
 };
 
 #define SCHEMA_VERSION ((int)ELEMENTSOF(migrations))
@@ -81,6 +147,13 @@ static const char *const migrations[] = {
 #define SESSION_JOIN  "sessions s JOIN namespaces n ON n.account = s.account AND n.name = s.ns"
 #define SESSION_PK    "s.account = ?1 AND s.ns = ?2 AND s.sid = ?3"
 #define PROP_PK       "account = ?1 AND ns = ?2 AND sid = ?3 AND name = ?4"
+/* When an outbox head becomes claimable: its next attempt, or the end of its lease. Written
+ * exactly as in the index outbox_ready, so the planner uses it. */
+#define READY "MAX(next_attempt_ms, lease_until_ms)"
+/* The number of rows of an AUTOINCREMENT table: rows ever inserted minus rows ever removed. */
+#define ROW_COUNT(tbl)                                                                             \
+        "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '" tbl "'), 0)"                    \
+        " - (SELECT n FROM removed WHERE tbl = '" tbl "')"
 /* The session's TTL for the sweeper, NULL when it has none (so comparisons with it are false). */
 #define SWEEP_TTL                                                                                  \
         "(SELECT " EFFECTIVE_TTL " FROM " SESSION_JOIN " WHERE " SESSION_PK " AND " EFFECTIVE_TTL  \
@@ -158,7 +231,44 @@ static const char *const migrations[] = {
         X(SWEEP_DEL_PROPS, "DELETE FROM properties WHERE account = ?1 AND ns = ?2 AND sid = ?3"    \
                            " AND ?4 - updated_at >= " SWEEP_TTL " * 1000")                         \
         X(SWEEP_DEL_SESSION, "DELETE FROM sessions WHERE account = ?1 AND ns = ?2 AND sid = ?3"    \
-                             " AND ?4 - updated_at >= " SWEEP_TTL " * 1000")
+                             " AND ?4 - updated_at >= " SWEEP_TTL " * 1000")                       \
+        X(DEDUP_ADD,                                                                               \
+          "INSERT INTO dedup (key, at_ms) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING")           \
+        X(DEDUP_EXPIRE, "DELETE FROM dedup WHERE key IN"                                           \
+                        " (SELECT key FROM dedup WHERE at_ms < ?1 LIMIT ?2)")                      \
+        X(OB_INSERT,                                                                               \
+          "INSERT INTO outbox (hook, account, conversation, webhook_id, body, clear_namespaces,"   \
+          " attempts, created_ms, next_attempt_ms, lease_until_ms, head)"                          \
+          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7, 0,"                                         \
+          " NOT EXISTS (SELECT 1 FROM outbox WHERE hook = ?1 AND conversation = ?3))")             \
+        X(OB_CLAIM, "SELECT id, hook, account, conversation, webhook_id, body, attempts,"          \
+                    " created_ms FROM outbox WHERE head = 1 AND " READY " <= ?1"                   \
+                    " ORDER BY " READY ", id LIMIT ?2")                                            \
+        X(OB_LEASE, "UPDATE outbox SET lease_until_ms = ?2 WHERE id = ?1")                         \
+        X(OB_ROW, "SELECT hook, conversation, account, clear_namespaces, head FROM outbox"         \
+                  " WHERE id = ?1")                                                                \
+        X(OB_DEL, "DELETE FROM outbox WHERE id = ?1")                                              \
+        X(OB_PROMOTE, "UPDATE outbox SET head = 1 WHERE id = (SELECT id FROM outbox"               \
+                      " WHERE hook = ?1 AND conversation = ?2 ORDER BY id LIMIT 1)")               \
+        X(OB_RETRY, "UPDATE outbox SET attempts = ?2, next_attempt_ms = ?3, lease_until_ms = 0,"   \
+                    " last_error = ?4 WHERE id = ?1")                                              \
+        X(OB_TO_DEAD,                                                                              \
+          "INSERT INTO dead_letters (kind, source, reason, received_ms, raw, hook, account,"       \
+          " conversation, webhook_id, clear_namespaces, attempts, created_ms, last_error)"         \
+          " SELECT 'delivery', 'delivery:' || hook || '/' || webhook_id, ?2, ?3, body, hook,"      \
+          " account, conversation, webhook_id, clear_namespaces, attempts, created_ms,"            \
+          " last_error FROM outbox WHERE id = ?1")                                                 \
+        X(OB_DEPTH, "SELECT " ROW_COUNT("outbox"))                                                 \
+        X(OB_NEXT_DUE, "SELECT " READY " FROM outbox WHERE head = 1 ORDER BY " READY ", id"        \
+                       " LIMIT 1")                                                                 \
+        X(DL_INSERT, "INSERT INTO dead_letters (kind, source, reason, received_ms, raw)"           \
+                     " VALUES ('event', ?1, ?2, ?3, ?4)")                                          \
+        X(DL_LIST, "SELECT id, source, reason, received_ms, raw FROM dead_letters WHERE id > ?1"   \
+                   " ORDER BY id LIMIT ?2")                                                        \
+        X(DL_COUNT, "SELECT " ROW_COUNT("dead_letters"))                                           \
+        X(DL_ROW, "SELECT kind, source, raw, hook, account, conversation, webhook_id,"             \
+                  " clear_namespaces FROM dead_letters WHERE id = ?1")                             \
+        X(DL_DEL, "DELETE FROM dead_letters WHERE id = ?1")
 
 #define STMT_ENUM(id, sql) ST_##id,
 enum stmt_id { STATEMENTS(STMT_ENUM) ST__MAX };
@@ -1559,6 +1669,626 @@ static int sqlite_sweep(void *impl, int64_t now_ms, int64_t *ret_deleted)
         return 0;
 }
 
+/* ---- Outbox ----
+ *
+ * Every (hook, conversation) is a FIFO queue by id; its oldest row carries head = 1 and is the
+ * only one a claim may return. Whatever removes a row (done, dead) hands the head mark on to
+ * the next oldest, and whatever adds one (enqueue, redrive) marks it head when its queue was
+ * empty, all inside the same transaction, so each non-empty queue has exactly one head. */
+
+/* The copy of an outbox row that outbox_remove() works from after deleting it. */
+struct outbox_row {
+        char hook[STORE_HOOK_MAX + 1];
+        char conversation[STORE_NAME_MAX + 1];
+        char account[STORE_ACCOUNT_MAX + 1];
+        char *clear_namespaces; /* malloc'ed, or NULL */
+        bool head;
+};
+
+/* A malloc'ed, NUL-terminated copy of a text or blob column (binary-safe; length in *ret_len,
+ * which may be NULL); *ret is NULL for an SQL NULL. */
+static int column_dup(sqlite3_stmt *st, int col, char **ret, size_t *ret_len)
+{
+        const void *p;
+        size_t len;
+        char *copy;
+
+        if (sqlite3_column_type(st, col) == SQLITE_NULL) {
+                *ret = NULL;
+                if (ret_len)
+                        *ret_len = 0;
+                return 0;
+        }
+        p = sqlite3_column_blob(st, col);
+        len = (size_t)sqlite3_column_bytes(st, col);
+        if (!p && len > 0)
+                return -ENOMEM;
+        copy = malloc(len + 1);
+        if (!copy)
+                return -ENOMEM;
+        if (len > 0)
+                memcpy(copy, p, len);
+        copy[len] = '\0';
+        *ret = copy;
+        if (ret_len)
+                *ret_len = len;
+        return 0;
+}
+
+static int outbox_insert(struct conn *c, const char *hook, const char *account,
+                         const char *conversation, const char *webhook_id, const char *body,
+                         size_t body_len, const char *clear_namespaces, int64_t now_ms)
+{
+        sqlite3_stmt *st = c->st[ST_OB_INSERT];
+        int rc;
+
+        /* An empty body is a zero-length blob, not NULL: bind a non-NULL pointer. */
+        rc = bind(st, "ttttbti", hook, account, conversation, webhook_id, body ? body : "",
+                  body_len, clear_namespaces, now_ms);
+        if (rc < 0) {
+                sqlite3_reset(st);
+                return rc;
+        }
+        return run(st);
+}
+
+static int enqueue_tx(struct conn *c, const char *dedup_key, const struct store_enqueue *items,
+                      size_t n, int64_t now_ms)
+{
+        int rc;
+
+        if (dedup_key) {
+                sqlite3_stmt *st = c->st[ST_DEDUP_ADD];
+
+                rc = bind(st, "ti", dedup_key, now_ms);
+                if (rc >= 0)
+                        rc = run(st);
+                if (rc < 0)
+                        return rc;
+                if (sqlite3_changes(c->db) == 0)
+                        return -EEXIST;
+        }
+        for (size_t i = 0; i < n; i++) {
+                const struct store_enqueue *it = &items[i];
+
+                rc = outbox_insert(c, it->hook, it->account, it->conversation, it->webhook_id,
+                                   it->body, it->body_len, it->clear_namespaces, now_ms);
+                if (rc < 0)
+                        return rc;
+        }
+        return 0;
+}
+
+static int sqlite_outbox_enqueue(void *impl, const char *dedup_key,
+                                 const struct store_enqueue *items, size_t n, int64_t now_ms)
+{
+        _cleanup_conn_ struct conn *c = conn_get(impl);
+        int rc;
+
+        rc = write_begin(c);
+        if (rc < 0)
+                return rc;
+        return write_end(c, enqueue_tx(c, dedup_key, items, n, now_ms));
+}
+
+static void delivery_clear(struct store_delivery *d)
+{
+        free(d->hook);
+        free(d->account);
+        free(d->conversation);
+        free(d->webhook_id);
+        free(d->body);
+}
+
+/* Copies the claim statement's current row into *d. */
+static int delivery_load(sqlite3_stmt *st, struct store_delivery *d)
+{
+        int rc;
+
+        *d = (struct store_delivery){
+            .id = sqlite3_column_int64(st, 0),
+            .attempts = sqlite3_column_int64(st, 6),
+            .created_ms = sqlite3_column_int64(st, 7),
+        };
+        rc = column_dup(st, 1, &d->hook, NULL);
+        if (rc >= 0)
+                rc = column_dup(st, 2, &d->account, NULL);
+        if (rc >= 0)
+                rc = column_dup(st, 3, &d->conversation, NULL);
+        if (rc >= 0)
+                rc = column_dup(st, 4, &d->webhook_id, NULL);
+        if (rc >= 0)
+                rc = column_dup(st, 5, &d->body, &d->body_len);
+        if (rc >= 0 && (!d->hook || !d->account || !d->conversation || !d->webhook_id || !d->body))
+                rc = -EIO; /* NOT NULL columns: corrupted */
+        if (rc < 0)
+                delivery_clear(d);
+        return rc;
+}
+
+/* Selects the due heads, then leases them. The rows are collected before any is updated:
+ * a lease moves the row within the index the SELECT walks. */
+static int claim_tx(struct conn *c, int64_t now_ms, int64_t lease_ms, size_t limit,
+                    struct store_delivery **d, size_t *n)
+{
+        sqlite3_stmt *st = c->st[ST_OB_CLAIM];
+        size_t cap = 0;
+        int rc;
+
+        rc = bind(st, "ii", now_ms, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+        while (rc >= 0 && *n < limit) {
+                rc = step(st);
+                if (rc <= 0)
+                        break;
+                if (*n == cap) {
+                        size_t grown_cap = cap ? cap * 2 : (limit < 16 ? limit : 16);
+                        struct store_delivery *grown = realloc(*d, grown_cap * sizeof(**d));
+
+                        if (!grown) {
+                                rc = -ENOMEM;
+                                break;
+                        }
+                        *d = grown;
+                        cap = grown_cap;
+                }
+                rc = delivery_load(st, &(*d)[*n]);
+                if (rc >= 0)
+                        (*n)++;
+        }
+        sqlite3_reset(st);
+        if (rc < 0)
+                return rc;
+        st = c->st[ST_OB_LEASE];
+        for (size_t i = 0; i < *n; i++) {
+                rc = bind(st, "ii", (*d)[i].id, now_ms + lease_ms);
+                if (rc >= 0)
+                        rc = run(st);
+                if (rc < 0)
+                        return rc;
+        }
+        return 0;
+}
+
+static int sqlite_outbox_claim(void *impl, int64_t now_ms, int64_t lease_ms, size_t limit,
+                               struct store_delivery **ret, size_t *ret_n)
+{
+        _cleanup_conn_ struct conn *c = conn_get(impl);
+        struct store_delivery *d = NULL;
+        size_t n = 0;
+        int rc;
+
+        rc = write_begin(c);
+        if (rc < 0)
+                return rc;
+        rc = write_end(c, claim_tx(c, now_ms, lease_ms, limit, &d, &n));
+        if (rc < 0) {
+                for (size_t i = 0; i < n; i++)
+                        delivery_clear(&d[i]);
+                free(d);
+                return rc;
+        }
+        *ret = d;
+        *ret_n = n;
+        return 0;
+}
+
+/* Deletes outbox row id and passes its head mark on. *ret (may be NULL) gets what the caller
+ * needs of the row; its clear_namespaces is the caller's to free. -ENOENT when it is gone. */
+static int outbox_remove(struct conn *c, int64_t id, struct outbox_row *ret)
+{
+        _cleanup_reset_ sqlite3_stmt *st = c->st[ST_OB_ROW];
+        struct outbox_row row = {0};
+        char *clear = NULL;
+        int rc;
+
+        rc = bind(st, "i", id);
+        if (rc < 0)
+                return rc;
+        rc = step(st);
+        if (rc <= 0)
+                return rc < 0 ? rc : -ENOENT;
+        copy_column(st, 0, row.hook, sizeof(row.hook));
+        copy_column(st, 1, row.conversation, sizeof(row.conversation));
+        copy_column(st, 2, row.account, sizeof(row.account));
+        row.head = sqlite3_column_int64(st, 4) != 0;
+        if (ret) {
+                rc = column_dup(st, 3, &clear, NULL);
+                if (rc < 0)
+                        return rc;
+        }
+        sqlite3_reset(st);
+
+        st = c->st[ST_OB_DEL];
+        rc = bind(st, "i", id);
+        if (rc >= 0)
+                rc = run(st);
+        if (rc >= 0 && row.head) {
+                st = c->st[ST_OB_PROMOTE];
+                rc = bind(st, "tt", row.hook, row.conversation);
+                if (rc >= 0)
+                        rc = run(st);
+        }
+        if (rc < 0) {
+                free(clear);
+                return rc;
+        }
+        if (ret) {
+                row.clear_namespaces = clear;
+                *ret = row;
+        }
+        return 0;
+}
+
+/* Deletes the properties of the delivery's conversation in each namespace of the JSON array
+ * clear, as store_props_clear() does (the session and its TTL stay, its ETag changes). */
+static int clear_sessions(struct conn *c, const struct outbox_row *row, int64_t now_ms)
+{
+        json_t *list = json_loads(row->clear_namespaces, 0, NULL), *ns;
+        size_t i;
+        int rc = 0;
+
+        if (!json_is_array(list)) {
+                json_decref(list);
+                return -EIO; /* store.c let only arrays in: corrupted */
+        }
+        json_array_foreach(list, i, ns)
+        {
+                const char *name = json_string_value(ns);
+
+                if (!name || strlen(name) > STORE_NAMESPACE_MAX) {
+                        rc = -EIO;
+                        break;
+                }
+                rc = props_clear_tx(c, row->account, name, row->conversation, NULL, now_ms);
+                if (rc < 0)
+                        break;
+        }
+        json_decref(list);
+        return rc;
+}
+
+static int done_tx(struct conn *c, int64_t id, int64_t now_ms, bool *ret_cleared)
+{
+        struct outbox_row row;
+        int rc;
+
+        rc = outbox_remove(c, id, &row);
+        if (rc < 0)
+                return rc;
+        if (row.clear_namespaces) {
+                *ret_cleared = true;
+                rc = clear_sessions(c, &row, now_ms);
+        }
+        free(row.clear_namespaces);
+        return rc;
+}
+
+static int sqlite_outbox_done(void *impl, int64_t id, int64_t now_ms, bool *ret_cleared)
+{
+        _cleanup_conn_ struct conn *c = conn_get(impl);
+        int rc;
+
+        rc = write_begin(c);
+        if (rc < 0)
+                return rc;
+        return write_end(c, done_tx(c, id, now_ms, ret_cleared));
+}
+
+static int sqlite_outbox_retry(void *impl, int64_t id, int64_t attempts, int64_t next_attempt_ms,
+                               const char *last_error)
+{
+        _cleanup_conn_ struct conn *c = conn_get(impl);
+        sqlite3_stmt *st = c->st[ST_OB_RETRY];
+        int rc;
+
+        rc = write_begin(c);
+        if (rc < 0)
+                return rc;
+        rc = bind(st, "iiit", id, attempts, next_attempt_ms, last_error);
+        if (rc >= 0)
+                rc = run(st);
+        else
+                sqlite3_reset(st);
+        if (rc >= 0 && sqlite3_changes(c->db) == 0)
+                rc = -ENOENT;
+        return write_end(c, rc);
+}
+
+static int dead_tx(struct conn *c, int64_t id, const char *reason, int64_t now_ms)
+{
+        sqlite3_stmt *st = c->st[ST_OB_TO_DEAD];
+        int rc;
+
+        rc = bind(st, "iti", id, reason, now_ms);
+        if (rc >= 0)
+                rc = run(st);
+        else
+                sqlite3_reset(st);
+        if (rc < 0)
+                return rc;
+        if (sqlite3_changes(c->db) == 0)
+                return -ENOENT;
+        return outbox_remove(c, id, NULL);
+}
+
+static int sqlite_outbox_dead(void *impl, int64_t id, const char *reason, int64_t now_ms)
+{
+        _cleanup_conn_ struct conn *c = conn_get(impl);
+        int rc;
+
+        rc = write_begin(c);
+        if (rc < 0)
+                return rc;
+        return write_end(c, dead_tx(c, id, reason, now_ms));
+}
+
+/* Runs a one-row, one-integer statement. -ENOENT when it returns no row or NULL. */
+static int query_int(void *impl, enum stmt_id id, int64_t *ret)
+{
+        _cleanup_conn_ struct conn *c = conn_get(impl);
+        _cleanup_reset_ sqlite3_stmt *st = c->st[id];
+        int rc = step(st);
+
+        if (rc <= 0)
+                return rc < 0 ? rc : -ENOENT;
+        if (sqlite3_column_type(st, 0) == SQLITE_NULL)
+                return -ENOENT;
+        *ret = sqlite3_column_int64(st, 0);
+        return 0;
+}
+
+static int sqlite_outbox_depth(void *impl, int64_t *ret)
+{
+        int rc = query_int(impl, ST_OB_DEPTH, ret);
+
+        return rc == -ENOENT ? -EIO : rc; /* the migration created the counter */
+}
+
+static int sqlite_outbox_next_due(void *impl, int64_t *ret_ms)
+{
+        return query_int(impl, ST_OB_NEXT_DUE, ret_ms);
+}
+
+/* ---- Dead letters ---- */
+
+static int dead_add_tx(struct conn *c, const char *dedup_key, const char *source,
+                       const char *reason, const char *raw, size_t raw_len, int64_t now_ms)
+{
+        sqlite3_stmt *st;
+        int rc;
+
+        rc = enqueue_tx(c, dedup_key, NULL, 0, now_ms);
+        if (rc < 0)
+                return rc;
+        st = c->st[ST_DL_INSERT];
+        rc = bind(st, "ttib", source, reason, now_ms, raw ? raw : "", raw_len);
+        if (rc < 0) {
+                sqlite3_reset(st);
+                return rc;
+        }
+        return run(st);
+}
+
+static int sqlite_dead_add(void *impl, const char *dedup_key, const char *source,
+                           const char *reason, const char *raw, size_t raw_len, int64_t now_ms)
+{
+        _cleanup_conn_ struct conn *c = conn_get(impl);
+        int rc;
+
+        rc = write_begin(c);
+        if (rc < 0)
+                return rc;
+        return write_end(c, dead_add_tx(c, dedup_key, source, reason, raw, raw_len, now_ms));
+}
+
+static json_t *column_json(sqlite3_stmt *st, int col)
+{
+        const void *p = sqlite3_column_blob(st, col);
+
+        return store_json_lossy(p, (size_t)sqlite3_column_bytes(st, col));
+}
+
+/* The dead letter the list statement is positioned on, as a JSON object with its members in
+ * the documented order. Texts go through store_json_lossy(): raw may be any bytes, and source
+ * and reason are whatever the caller gave. */
+static json_t *dead_item(sqlite3_stmt *st)
+{
+        char received[32];
+        json_t *o = json_object();
+        int rc = 0;
+
+        if (!o)
+                return NULL;
+        store_format_time(sqlite3_column_int64(st, 3), received);
+        rc |= json_object_set_new(o, "id", json_integer(sqlite3_column_int64(st, 0)));
+        rc |= json_object_set_new(o, "source", column_json(st, 1));
+        rc |= json_object_set_new(o, "reason", column_json(st, 2));
+        rc |= json_object_set_new(o, "received", json_string(received));
+        rc |= json_object_set_new(o, "raw", column_json(st, 4));
+        if (rc != 0) {
+                json_decref(o);
+                return NULL;
+        }
+        return o;
+}
+
+static int sqlite_dead_list(void *impl, int64_t after_id, int64_t limit, json_t **ret_array)
+{
+        _cleanup_conn_ struct conn *c = conn_get(impl);
+        _cleanup_reset_ sqlite3_stmt *st = c->st[ST_DL_LIST];
+        json_t *a;
+        int rc;
+
+        rc = bind(st, "ii", after_id, limit);
+        if (rc < 0)
+                return rc;
+        a = json_array();
+        if (!a)
+                return -ENOMEM;
+        for (;;) {
+                json_t *o;
+
+                rc = step(st);
+                if (rc <= 0)
+                        break;
+                o = dead_item(st);
+                if (!o || json_array_append_new(a, o) < 0) {
+                        rc = -ENOMEM;
+                        break;
+                }
+        }
+        if (rc < 0) {
+                json_decref(a);
+                return rc;
+        }
+        *ret_array = a;
+        return 0;
+}
+
+static int sqlite_dead_count(void *impl, int64_t *ret)
+{
+        int rc = query_int(impl, ST_DL_COUNT, ret);
+
+        return rc == -ENOENT ? -EIO : rc;
+}
+
+/* What a redrive takes out of a dead letter. */
+struct dead_row {
+        bool delivery;
+        char *source;
+        char *raw;
+        size_t raw_len;
+        char *hook, *account, *conversation, *webhook_id, *clear_namespaces;
+};
+
+static void dead_row_clear(struct dead_row *r)
+{
+        free(r->source);
+        free(r->raw);
+        free(r->hook);
+        free(r->account);
+        free(r->conversation);
+        free(r->webhook_id);
+        free(r->clear_namespaces);
+        *r = (struct dead_row){0};
+}
+
+static int dead_load(struct conn *c, int64_t id, struct dead_row *r)
+{
+        _cleanup_reset_ sqlite3_stmt *st = c->st[ST_DL_ROW];
+        const char *kind;
+        int rc;
+
+        rc = bind(st, "i", id);
+        if (rc < 0)
+                return rc;
+        rc = step(st);
+        if (rc <= 0)
+                return rc < 0 ? rc : -ENOENT;
+        kind = (const char *)sqlite3_column_text(st, 0);
+        r->delivery = kind && strcmp(kind, "delivery") == 0;
+        rc = column_dup(st, 1, &r->source, NULL);
+        if (rc >= 0)
+                rc = column_dup(st, 2, &r->raw, &r->raw_len);
+        if (rc >= 0 && r->delivery) {
+                rc = column_dup(st, 3, &r->hook, NULL);
+                if (rc >= 0)
+                        rc = column_dup(st, 4, &r->account, NULL);
+                if (rc >= 0)
+                        rc = column_dup(st, 5, &r->conversation, NULL);
+                if (rc >= 0)
+                        rc = column_dup(st, 6, &r->webhook_id, NULL);
+                if (rc >= 0)
+                        rc = column_dup(st, 7, &r->clear_namespaces, NULL);
+                if (rc >= 0 && (!r->hook || !r->account || !r->conversation || !r->webhook_id))
+                        rc = -EIO;
+        }
+        return rc;
+}
+
+/* Returns 1 for a delivery queued again (its dead letter deleted), 0 for an event left in *r
+ * for the caller; an event's dead letter stays until the caller has processed it again and
+ * deletes it (store.h). */
+static int redrive_tx(struct conn *c, int64_t id, int64_t now_ms, struct dead_row *r)
+{
+        sqlite3_stmt *st = c->st[ST_DL_DEL];
+        int rc;
+
+        rc = dead_load(c, id, r);
+        if (rc < 0 || !r->delivery)
+                return rc;
+        rc = outbox_insert(c, r->hook, r->account, r->conversation, r->webhook_id, r->raw,
+                           r->raw_len, r->clear_namespaces, now_ms);
+        if (rc < 0)
+                return rc;
+        rc = bind(st, "i", id);
+        if (rc >= 0)
+                rc = run(st);
+        return rc < 0 ? rc : 1;
+}
+
+static int sqlite_dead_redrive(void *impl, int64_t id, int64_t now_ms, char **ret_raw,
+                               size_t *ret_raw_len, char **ret_source)
+{
+        _cleanup_conn_ struct conn *c = conn_get(impl);
+        struct dead_row r = {0};
+        int rc;
+
+        rc = write_begin(c);
+        if (rc < 0)
+                return rc;
+        rc = write_end(c, redrive_tx(c, id, now_ms, &r));
+        if (rc == 0) {
+                *ret_raw = TAKE_PTR(r.raw);
+                *ret_raw_len = r.raw_len;
+                *ret_source = TAKE_PTR(r.source);
+        }
+        dead_row_clear(&r);
+        return rc;
+}
+
+static int sqlite_dead_delete(void *impl, int64_t id)
+{
+        _cleanup_conn_ struct conn *c = conn_get(impl);
+        sqlite3_stmt *st = c->st[ST_DL_DEL];
+        int rc;
+
+        rc = write_begin(c);
+        if (rc < 0)
+                return rc;
+        rc = bind(st, "i", id);
+        if (rc >= 0)
+                rc = run(st);
+        if (rc >= 0 && sqlite3_changes(c->db) == 0)
+                rc = -ENOENT;
+        return write_end(c, rc);
+}
+
+static int sqlite_dedup_expire(void *impl, int64_t before_ms, int64_t *ret_deleted)
+{
+        _cleanup_conn_ struct conn *c = conn_get(impl);
+        sqlite3_stmt *st = c->st[ST_DEDUP_EXPIRE];
+        int64_t deleted = 0;
+        int batch, rc;
+
+        do {
+                rc = write_begin(c);
+                if (rc < 0)
+                        return rc;
+                rc = bind(st, "ii", before_ms, (int64_t)DEDUP_BATCH);
+                if (rc >= 0)
+                        rc = run(st);
+                batch = rc >= 0 ? sqlite3_changes(c->db) : 0;
+                rc = write_end(c, rc);
+                if (rc < 0)
+                        return rc;
+                deleted += batch;
+        } while (batch == DEDUP_BATCH);
+        if (ret_deleted)
+                *ret_deleted = deleted;
+        return 0;
+}
+
 const struct store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = sqlite_open,
@@ -1582,6 +2312,19 @@ const struct store_ops store_sqlite_ops = {
     .session_list = sqlite_session_list,
     .session_delete = sqlite_session_delete,
     .sweep = sqlite_sweep,
+    .outbox_enqueue = sqlite_outbox_enqueue,
+    .outbox_claim = sqlite_outbox_claim,
+    .outbox_done = sqlite_outbox_done,
+    .outbox_retry = sqlite_outbox_retry,
+    .outbox_dead = sqlite_outbox_dead,
+    .outbox_depth = sqlite_outbox_depth,
+    .outbox_next_due = sqlite_outbox_next_due,
+    .dead_add = sqlite_dead_add,
+    .dead_list = sqlite_dead_list,
+    .dead_count = sqlite_dead_count,
+    .dead_redrive = sqlite_dead_redrive,
+    .dead_delete = sqlite_dead_delete,
+    .dedup_expire = sqlite_dedup_expire,
     .gen_load = sqlite_gen_load,
     .gen_bump = sqlite_gen_bump,
 };

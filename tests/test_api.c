@@ -59,19 +59,27 @@ static void *track(void *p)
         return p;
 }
 
-static void start_api(size_t max_body)
+static void start_api_with(size_t max_body, const char *admin_token,
+                           bool (*ready)(void *, char *, size_t))
 {
         struct api_options ao = {.listen = "127.0.0.1:0",
                                  .max_body = max_body,
                                  .threads = 2,
                                  .max_connections = 64,
-                                 .connection_timeout_s = 30};
+                                 .connection_timeout_s = 30,
+                                 .admin_token = admin_token,
+                                 .ready = ready};
         struct ch_error err = {""};
         int r = api_start(&ao, fx.store, fx.metrics, &fx.api, &err);
 
         cr_assert_eq(r, 0, "api_start: %d %s", r, err.msg);
         fx.port = api_port(fx.api);
         cr_assert_gt(fx.port, 0);
+}
+
+static void start_api(size_t max_body)
+{
+        start_api_with(max_body, NULL, NULL);
 }
 
 static void set_key(const char *account, char out[APIKEY_TEXT_LEN + 1])
@@ -149,6 +157,7 @@ struct resp {
         char allow[128];
         char ctype[128];
         char connection[64];
+        char www_auth[128];
 };
 
 struct upload {
@@ -200,10 +209,12 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
             {"content-type:", offsetof(struct resp, ctype), sizeof(((struct resp *)0)->ctype)},
             {"connection:", offsetof(struct resp, connection),
              sizeof(((struct resp *)0)->connection)},
+            {"www-authenticate:", offsetof(struct resp, www_auth),
+             sizeof(((struct resp *)0)->www_auth)},
         };
 
         if (len > 5 && strncmp(p, "HTTP/", 5) == 0) /* a new response (after 100): reset */
-                r->etag[0] = r->allow[0] = r->ctype[0] = r->connection[0] = '\0';
+                r->etag[0] = r->allow[0] = r->ctype[0] = r->connection[0] = r->www_auth[0] = '\0';
         for (size_t i = 0; i < sizeof(wanted) / sizeof(wanted[0]); i++) {
                 size_t nl = strlen(wanted[i].name);
                 if (len >= nl && strncasecmp(p, wanted[i].name, nl) == 0)
@@ -714,7 +725,7 @@ Test(api, not_found)
             "/v1/account/" ACCT "/notes/x",
             "/v1/account/" ACCT "//notes",
             "/v1/account/" ACCT "/notes/s1/properties/p/q",
-            "/admin/dead-letters",
+            "/admin/nothing",
             "/v1/account/" ACCT "/notes/properties/properties/x",
         };
         struct resp r;
@@ -1439,4 +1450,118 @@ Test(api, stop_is_prompt_after_requests_mhd_refused)
         clock_gettime(CLOCK_MONOTONIC, &t1);
         cr_assert_lt((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000, 2000,
                      "api_stop waited for requests that were over");
+}
+
+/* ---- admin endpoints and readiness ---- */
+
+#define ADMIN_TOKEN "admin-token-0123456789abcdef"
+
+Test(api, admin_endpoints_are_disabled_without_a_token)
+{
+        struct resp r = http(&(struct req){.method = "GET", .path = "/admin/dead-letters"});
+
+        assert_error(&r, 404, "the admin endpoints are disabled: set [api] admin_token", "admin");
+}
+
+Test(api, admin_needs_the_bearer_token)
+{
+        struct resp r;
+
+        fx.api = api_stop(fx.api);
+        start_api_with(MAX_BODY, ADMIN_TOKEN, NULL);
+        r = http(&(struct req){.method = "GET", .path = "/admin/dead-letters"});
+        assert_error(&r, 401, "missing Authorization: Bearer <admin token>", "no token");
+        cr_assert_eq(strncmp(r.www_auth, "Bearer ", 7), 0, "WWW-Authenticate: %s", r.www_auth);
+        r = http(&(struct req){.method = "GET",
+                               .path = "/admin/dead-letters",
+                               .extra = "Authorization: Bearer admin-token-0123456789abcdeX"});
+        assert_error(&r, 403, "invalid admin token", "wrong token");
+        r = http(&(struct req){.method = "GET",
+                               .path = "/admin/dead-letters",
+                               .extra = "Authorization: Bearer " ADMIN_TOKEN "x"});
+        assert_error(&r, 403, "invalid admin token", "longer token");
+        /* The Context API key is no admin token. */
+        r = http(&(struct req){.method = "GET",
+                               .path = "/admin/dead-letters",
+                               .extra = "Authorization: Bearer " ADMIN_TOKEN,
+                               .key = fx.key});
+        cr_assert_eq(r.status, 200, "%s", r.body);
+        cr_assert_str_eq(r.body, "{\"items\":[]}");
+}
+
+Test(api, admin_lists_and_deletes_dead_letters)
+{
+        const char *auth = "Authorization: Bearer " ADMIN_TOKEN;
+        struct resp r;
+        json_t *v, *item;
+
+        fx.api = api_stop(fx.api);
+        start_api_with(MAX_BODY, ADMIN_TOKEN, NULL);
+        cr_assert_eq(store_dead_add(fx.store, NULL, "kafka:t/0/1", "not valid JSON", "nope", 4,
+                                    1800000000000),
+                     0);
+        cr_assert_eq(store_dead_add(fx.store, NULL, "kafka:t/0/2", "no conversation id", "{}", 2,
+                                    1800000000000),
+                     0);
+        r = http(&(struct req){.method = "GET", .path = "/admin/dead-letters", .extra = auth});
+        cr_assert_eq(r.status, 200, "%s", r.body);
+        v = json_loads(r.body, 0, NULL);
+        cr_assert_eq(json_array_size(json_object_get(v, "items")), 2, "%s", r.body);
+        item = json_array_get(json_object_get(v, "items"), 0);
+        cr_assert_str_eq(json_string_value(json_object_get(item, "source")), "kafka:t/0/1");
+        cr_assert_str_eq(json_string_value(json_object_get(item, "reason")), "not valid JSON");
+        cr_assert_str_eq(json_string_value(json_object_get(item, "raw")), "nope");
+        cr_assert_str_eq(json_string_value(json_object_get(item, "received")),
+                         "2027-01-15T08:00:00.000Z");
+        json_int_t first = json_integer_value(json_object_get(item, "id"));
+        json_decref(v);
+
+        /* Paging: after the first id, limit 1. */
+        char path[128];
+        snprintf(path, sizeof(path), "/admin/dead-letters?after=%lld&limit=1", (long long)first);
+        r = http(&(struct req){.method = "GET", .path = path, .extra = auth});
+        v = json_loads(r.body, 0, NULL);
+        cr_assert_eq(json_array_size(json_object_get(v, "items")), 1, "%s", r.body);
+        cr_assert_str_eq(json_string_value(json_object_get(
+                             json_array_get(json_object_get(v, "items"), 0), "source")),
+                         "kafka:t/0/2");
+        json_decref(v);
+        r = http(
+            &(struct req){.method = "GET", .path = "/admin/dead-letters?limit=0", .extra = auth});
+        cr_assert_eq(r.status, 400, "%s", r.body);
+
+        snprintf(path, sizeof(path), "/admin/dead-letters/%lld", (long long)first);
+        r = http(&(struct req){.method = "DELETE", .path = path, .extra = auth});
+        cr_assert_eq(r.status, 204, "%s", r.body);
+        r = http(&(struct req){.method = "DELETE", .path = path, .extra = auth});
+        cr_assert_eq(r.status, 404, "%s", r.body);
+        r = http(
+            &(struct req){.method = "DELETE", .path = "/admin/dead-letters/abc", .extra = auth});
+        assert_error(&r, 404, "no dead letter 'abc': ids are positive integers", "bad id");
+        /* No pipeline in this process: an event cannot be redriven, and stays. */
+        snprintf(path, sizeof(path), "/admin/dead-letters/%lld/redrive", (long long)first + 1);
+        r = http(&(struct req){.method = "POST", .path = path, .extra = auth});
+        cr_assert_eq(r.status, 503, "%s", r.body);
+        int64_t n = 0;
+        cr_assert_eq(store_dead_count(fx.store, &n), 0);
+        cr_assert_eq(n, 1);
+}
+
+static bool never_ready(void *ctx, char *why, size_t size)
+{
+        (void)ctx;
+        snprintf(why, size, "no Kafka partitions assigned yet");
+        return false;
+}
+
+Test(api, readyz_asks_the_service)
+{
+        struct resp r;
+
+        fx.api = api_stop(fx.api);
+        start_api_with(MAX_BODY, NULL, never_ready);
+        r = http(&(struct req){.method = "GET", .path = "/readyz"});
+        assert_error(&r, 503, "not ready: no Kafka partitions assigned yet", "readyz");
+        r = http(&(struct req){.method = "GET", .path = "/healthz"});
+        cr_assert_eq(r.status, 200);
 }

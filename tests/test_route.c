@@ -112,7 +112,7 @@ Test(route, unknown_paths)
         expect_not_found("/healthz/x");
         expect_not_found("/Healthz");
         expect_not_found("/metricsx");
-        expect_not_found("/admin/dead-letters"); /* comes with later work */
+        expect_not_found("/admin/dead"); /* only /admin/dead-letters exists under /admin */
 }
 
 Test(route, properties_ambiguity)
@@ -290,4 +290,32 @@ Test(route, resource_names_are_distinct)
                 for (int j = i + 1; j < ROUTE__COUNT; j++)
                         cr_assert_str_neq(route_resource_name(i), route_resource_name(j));
         }
+}
+
+Test(route, admin_dead_letters)
+{
+        struct route r;
+
+        cr_assert_eq(route_parse("/admin/dead-letters", &r), 0);
+        cr_assert_eq(r.resource, ROUTE_DEAD_LETTERS);
+        cr_assert_null(r.id);
+        cr_assert_null(r.account);
+        cr_assert_eq(route_parse("/admin/dead-letters/", &r), 0);
+        cr_assert_eq(r.resource, ROUTE_DEAD_LETTERS);
+        cr_assert_eq(route_parse("/admin/dead-letters/42", &r), 0);
+        cr_assert_eq(r.resource, ROUTE_DEAD_LETTER);
+        cr_assert_str_eq(r.id, "42");
+        cr_assert_eq(route_parse("/admin/dead-letters/42/redrive", &r), 0);
+        cr_assert_eq(r.resource, ROUTE_DEAD_LETTER_REDRIVE);
+        cr_assert_str_eq(r.id, "42");
+        cr_assert_eq(route_parse("/admin/dead-letters/42/other", &r), 0);
+        cr_assert_eq(r.resource, ROUTE_NOT_FOUND);
+        cr_assert_null(r.id);
+        cr_assert_eq(route_parse("/admin/dead-letters/42/redrive/x", &r), 0);
+        cr_assert_eq(r.resource, ROUTE_NOT_FOUND);
+        cr_assert_eq(route_parse("/admin", &r), 0);
+        cr_assert_eq(r.resource, ROUTE_NOT_FOUND);
+        cr_assert_eq(route_allowed(ROUTE_DEAD_LETTERS), ROUTE_M_GET | ROUTE_M_HEAD);
+        cr_assert_eq(route_allowed(ROUTE_DEAD_LETTER), ROUTE_M_DELETE);
+        cr_assert_eq(route_allowed(ROUTE_DEAD_LETTER_REDRIVE), ROUTE_M_POST);
 }

@@ -4,10 +4,13 @@
 #ifndef CTXHOOKD_API_H
 #define CTXHOOKD_API_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
+#include "ctxhookd/deliver.h"
 #include "ctxhookd/error.h"
 #include "ctxhookd/metrics.h"
+#include "ctxhookd/pipeline.h"
 #include "ctxhookd/store.h"
 
 struct api;
@@ -19,6 +22,15 @@ struct api_options {
         unsigned max_connections;
         unsigned connection_timeout_s;
         const char *admin_token; /* NULL/"" = admin endpoints disabled */
+        /* For the admin endpoints: a redriven event goes through the pipeline again, a
+         * redriven delivery wakes the deliverer. Either may be NULL (an event redrive is then
+         * refused with 503). */
+        struct pipeline *pipeline;
+        struct deliver *deliver;
+        /* /readyz asks this too (NULL = the store alone decides): returns whether the daemon
+         * is ready, else writes why not into why. */
+        bool (*ready)(void *ctx, char *why, size_t why_size);
+        void *ready_ctx;
 };
 
 /* Binds and starts serving with the given store and metrics (both must outlive the api).

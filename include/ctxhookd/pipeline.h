@@ -42,10 +42,11 @@ struct pipeline_delivery {
         size_t body_len;
         char *account;
         char *conversation;
+        char *clear_namespaces; /* JSON array text, or NULL (see struct store_enqueue) */
 };
 
-/* hooks/n_hooks and default_account must outlive the pipeline (they are the config's).
- * metrics may be NULL. */
+/* cfg (its hooks, [kafka] account and max_message_bytes) must outlive the pipeline. metrics may
+ * be NULL. */
 int pipeline_new(struct store *store, struct metrics *metrics, const struct config *cfg,
                  struct pipeline **ret);
 struct pipeline *pipeline_free(struct pipeline *p);

@@ -23,6 +23,9 @@ enum route_resource {
         ROUTE_HEALTHZ,            /* /healthz GET */
         ROUTE_READYZ,             /* /readyz  GET */
         ROUTE_METRICS,            /* /metrics GET */
+        ROUTE_DEAD_LETTERS,       /* /admin/dead-letters GET */
+        ROUTE_DEAD_LETTER,        /* /admin/dead-letters/{id} DELETE */
+        ROUTE_DEAD_LETTER_REDRIVE, /* /admin/dead-letters/{id}/redrive POST */
         ROUTE__COUNT
 };
 
@@ -42,6 +45,7 @@ struct route {
         const char *ns;
         const char *sid; /* NULL for namespace-level resources (= __default__) */
         const char *prop;
+        const char *id; /* dead letter id (admin routes), not yet checked to be a number */
         char buf[ROUTE_PATH_MAX]; /* the segments point in here */
 };
 

@@ -206,7 +206,7 @@ int store_outbox_enqueue(struct store *s, const char *dedup_key, const struct st
 
 /* Claims up to limit due deliveries (next attempt ≤ now_ms, the oldest of their hook and
  * conversation, not in flight under an unexpired lease), oldest due first. *ret is a new array
- * of *ret_n (possibly 0) entries. */
+ * of *ret_n (possibly 0; then *ret is NULL) entries. */
 int store_outbox_claim(struct store *s, int64_t now_ms, int64_t lease_ms, size_t limit,
                        struct store_delivery **ret, size_t *ret_n);
 void store_deliveries_free(struct store_delivery *d, size_t n);
@@ -226,7 +226,9 @@ int store_outbox_dead(struct store *s, int64_t id, const char *reason, int64_t n
 /* Deliveries queued (in flight included). */
 int store_outbox_depth(struct store *s, int64_t *ret);
 
-/* When the next pending delivery falls due (ms), or -ENOENT when none is pending. */
+/* When the next pending delivery falls due (ms), or -ENOENT when none is pending: the earliest
+ * now_ms at which store_outbox_claim() would return something. Only the oldest delivery of each
+ * hook and conversation counts, and one in flight counts as due when its lease runs out. */
 int store_outbox_next_due(struct store *s, int64_t *ret_ms);
 
 /* ---- Dead letters: events that could not be parsed, deliveries that failed for good ---- */
@@ -246,9 +248,11 @@ int store_dead_list(struct store *s, int64_t after_id, int64_t limit, json_t **r
 int store_dead_count(struct store *s, int64_t *ret);
 
 /* A dead delivery goes back to the outbox as new (attempts 0, due now), keeping its
- * webhook_id; returns 1. A dead event is handed back instead: *ret_raw (malloc'ed, length in
- * *ret_raw_len) and *ret_source get its message to process again, the dead letter is deleted,
- * and 0 is returned. -ENOENT when there is no such dead letter. */
+ * webhook_id, and the dead letter is deleted, atomically; returns 1. A dead event is handed
+ * back instead: *ret_raw (malloc'ed, length in *ret_raw_len) and *ret_source get its message to
+ * process again, and 0 is returned; that dead letter stays until the caller deletes it with
+ * store_dead_delete() once the message has been processed again, so a failure in between loses
+ * nothing. -ENOENT when there is no such dead letter. */
 int store_dead_redrive(struct store *s, int64_t id, int64_t now_ms, char **ret_raw,
                        size_t *ret_raw_len, char **ret_source);
 

@@ -902,3 +902,249 @@ char *it_read_all(int fd, int timeout_ms, size_t *ret_len)
         }
         return take_or_empty(&b, ret_len);
 }
+
+/* ---- test peers ---- */
+
+static int peer_reap(struct it_peer *p, int options)
+{
+        int status;
+        pid_t r;
+
+        if (p->pid <= 0 || p->exited)
+                return 1;
+        do
+                r = waitpid(p->pid, &status, options);
+        while (r < 0 && errno == EINTR);
+        if (r == p->pid) {
+                p->exited = 1;
+                p->status = status;
+                return 1;
+        }
+        return 0;
+}
+
+char *it_peer_log(const struct it_peer *p)
+{
+        char *s = p->err[0] ? it_read_file(p->err, NULL) : NULL;
+
+        return s ? s : strdup("");
+}
+
+static void print_peer_log(const struct it_peer *p, const char *why)
+{
+        _cleanup_free_ char *log = it_peer_log(p);
+
+        fprintf(stderr, "it: %s %s; its stderr %s:\n%s\n", p->tool, why, p->err, log);
+}
+
+int it_peer_start(struct it_peer *p, const char *dir, const char *tool, const char *const *args)
+{
+        static unsigned seq;
+        const char *tools = getenv("CTXHOOKD_TOOLS_DIR");
+        _cleanup_free_ char *path = NULL;
+        _cleanup_free_ char **envp = NULL;
+        const char *argv[32];
+        long long deadline;
+        int n = 0, out_fd, err_fd, r;
+
+        memset(p, 0, sizeof(*p));
+        if (!tools || !*tools) {
+                fprintf(stderr,
+                        "it: CTXHOOKD_TOOLS_DIR is not set (run the tests through ctest)\n");
+                return -ENOENT;
+        }
+        if (asprintf(&path, "%s/%s", tools, tool) < 0)
+                return -ENOMEM;
+        snprintf(p->tool, sizeof(p->tool), "%s", tool);
+        seq++;
+        snprintf(p->out, sizeof(p->out), "%s/%s-%u.out", dir, tool, seq);
+        snprintf(p->err, sizeof(p->err), "%s/%s-%u.err", dir, tool, seq);
+        argv[n++] = path;
+        for (size_t i = 0; args && args[i] && n < 31; i++)
+                argv[n++] = args[i];
+        argv[n] = NULL;
+        envp = build_env(NULL);
+        if (!envp)
+                return -ENOMEM;
+        out_fd = open(p->out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        err_fd = open(p->err, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (out_fd < 0 || err_fd < 0) {
+                r = -errno;
+                fprintf(stderr, "it: cannot create %s / %s\n", p->out, p->err);
+                if (out_fd >= 0)
+                        close(out_fd);
+                if (err_fd >= 0)
+                        close(err_fd);
+                return r;
+        }
+        r = spawn(dir, (char *const *)argv, envp, out_fd, err_fd, &p->pid);
+        close(out_fd);
+        close(err_fd);
+        if (r < 0) {
+                fprintf(stderr, "it: cannot start %s: %s\n", path, strerror(-r));
+                return r;
+        }
+
+        deadline = it_now_ms() + IT_START_TIMEOUT_MS;
+        for (;;) {
+                _cleanup_free_ char *out = it_read_file(p->out, NULL);
+                const char *nl = out ? strchr(out, '\n') : NULL;
+
+                if (nl) {
+                        size_t len = (size_t)(nl - out);
+
+                        if (len >= sizeof(p->line))
+                                len = sizeof(p->line) - 1;
+                        memcpy(p->line, out, len);
+                        p->line[len] = '\0';
+                        return 0;
+                }
+                if (peer_reap(p, WNOHANG)) {
+                        print_peer_log(p, "exited before printing its first line");
+                        return -ECHILD;
+                }
+                if (it_now_ms() > deadline) {
+                        print_peer_log(p, "printed no first line in time");
+                        return -ETIMEDOUT;
+                }
+                it_sleep_ms(5);
+        }
+}
+
+int it_peer_stop(struct it_peer *p, int sig, int *ret_code)
+{
+        long long deadline;
+
+        if (p->pid <= 0)
+                return -ESRCH;
+        if (!p->exited)
+                kill(p->pid, sig);
+        deadline = it_now_ms() + IT_STOP_TIMEOUT_MS;
+        while (!peer_reap(p, WNOHANG)) {
+                if (it_now_ms() > deadline) {
+                        print_peer_log(p, "did not exit after the signal; killing it");
+                        kill(p->pid, SIGKILL);
+                        peer_reap(p, 0);
+                        return -ETIMEDOUT;
+                }
+                it_sleep_ms(5);
+        }
+        if (ret_code)
+                *ret_code = it_exit_code(p->status);
+        return 0;
+}
+
+void it_peer_cleanup(struct it_peer *p)
+{
+        if (p->pid > 0 && !p->exited) {
+                kill(p->pid, SIGKILL);
+                peer_reap(p, 0);
+        }
+}
+
+/* argv0 itself when it holds a slash, else the first executable of that name in $PATH. */
+static char *find_program(const char *argv0)
+{
+        const char *path = getenv("PATH");
+        const char *p;
+
+        if (strchr(argv0, '/'))
+                return strdup(argv0);
+        if (!path || !*path)
+                path = "/usr/local/bin:/usr/bin:/bin";
+        for (p = path; *p;) {
+                size_t n = strcspn(p, ":");
+                char *cand = NULL;
+
+                if (n > 0 && asprintf(&cand, "%.*s/%s", (int)n, p, argv0) >= 0) {
+                        if (access(cand, X_OK) == 0)
+                                return cand;
+                        free(cand);
+                }
+                p += n + (p[n] ? 1 : 0);
+        }
+        return NULL;
+}
+
+int it_run_prog(const char *cwd, const char *const *argv, int timeout_ms, struct it_result *ret)
+{
+        _cleanup_free_ char *prog = NULL;
+        _cleanup_free_ char **envp = NULL;
+        const char *av[64];
+        struct it_peer proc = {0};
+        int n = 0, out_fd = -1, err_fd = -1, killed = 0, r;
+        long long deadline;
+
+        prog = find_program(argv[0]);
+        if (!prog) {
+                fprintf(stderr, "it: %s not found in $PATH\n", argv[0]);
+                return -ENOENT;
+        }
+        av[n++] = prog;
+        for (size_t i = 1; argv[i] && n < 63; i++)
+                av[n++] = argv[i];
+        av[n] = NULL;
+        envp = build_env(NULL);
+        if (!envp)
+                return -ENOMEM;
+        out_fd = memfd_create("it-stdout", MFD_CLOEXEC);
+        err_fd = memfd_create("it-stderr", MFD_CLOEXEC);
+        if (out_fd < 0 || err_fd < 0) {
+                r = -errno;
+                goto out;
+        }
+        r = spawn(cwd ? cwd : ".", (char *const *)av, envp, out_fd, err_fd, &proc.pid);
+        if (r < 0)
+                goto out;
+        memset(ret, 0, sizeof(*ret));
+        deadline = it_now_ms() + timeout_ms;
+        while (!peer_reap(&proc, WNOHANG)) {
+                if (it_now_ms() > deadline) {
+                        kill(proc.pid, SIGKILL);
+                        peer_reap(&proc, 0);
+                        killed = 1;
+                        break;
+                }
+                it_sleep_ms(5);
+        }
+        ret->code = killed ? -1 : it_exit_code(proc.status);
+        ret->out = read_fd_from(out_fd, 0, &ret->out_len);
+        ret->err = read_fd_from(err_fd, 0, &ret->err_len);
+        if (!ret->out || !ret->err) {
+                it_result_free(ret);
+                r = -ENOMEM;
+        }
+out:
+        if (out_fd >= 0)
+                close(out_fd);
+        if (err_fd >= 0)
+                close(err_fd);
+        return r;
+}
+
+int it_kcat_produce(const char *dir, const char *bootstrap, const char *topic, const char *text)
+{
+        static unsigned seq;
+        char file[IT_PATH_MAX + 32];
+        const char *argv[] = {"kcat", "-P",  "-b", bootstrap, "-t", topic,
+                              "-K",   "\\t", "-l", file,      NULL};
+        struct it_result res;
+        int r;
+
+        seq++;
+        snprintf(file, sizeof(file), "%s/kcat-%u.in", dir, seq);
+        r = it_write_file(file, text);
+        if (r < 0)
+                return r;
+        r = it_run_prog(dir, argv, 60000, &res);
+        if (r < 0)
+                return r;
+        if (res.code != 0) {
+                fprintf(stderr, "it: kcat -P to %s exited %d\nstdout:\n%s\nstderr:\n%s\n",
+                        bootstrap, res.code, res.out, res.err);
+                it_result_free(&res);
+                return -EIO;
+        }
+        it_result_free(&res);
+        return 0;
+}

@@ -165,4 +165,45 @@ char *it_read_all(int fd, int timeout_ms, size_t *ret_len);
 long long it_now_ms(void);
 void it_sleep_ms(int ms);
 
+/* ---- test peers: the programs of tests/tools, and kcat ---- */
+
+/* A program of tests/tools ($CTXHOOKD_TOOLS_DIR/<tool>) running beside the daemon. */
+struct it_peer {
+        pid_t pid;  /* 0 when not running */
+        int exited; /* 1 once reaped; status then holds the wait status */
+        int status;
+        char tool[64];
+        char out[IT_PATH_MAX]; /* its stdout, a file */
+        char err[IT_PATH_MAX]; /* its stderr, a file */
+        char line[256];        /* the first line of its stdout, without the newline */
+};
+
+/* Starts $CTXHOOKD_TOOLS_DIR/tool args… (args NULL-terminated, may be NULL) in dir, stdout
+ * and stderr into new files dir/<tool>-<N>.out/.err, and waits up to IT_START_TIMEOUT_MS for
+ * the first line of stdout (the tools print their address or port there), copied to
+ * p->line. Fails (printing the peer's stderr) when it exits first or prints nothing in time. */
+int it_peer_start(struct it_peer *p, const char *dir, const char *tool, const char *const *args);
+
+/* Sends sig and waits up to IT_STOP_TIMEOUT_MS; then SIGKILL and -ETIMEDOUT. *ret_code (may
+ * be NULL) gets it_exit_code() of the status. -ESRCH when it is not running. */
+int it_peer_stop(struct it_peer *p, int sig, int *ret_code);
+
+/* SIGKILL when still running, and reap. For teardown; accepts a peer never started. */
+void it_peer_cleanup(struct it_peer *p);
+
+/* The peer's stderr so far (free() it); never NULL. */
+char *it_peer_log(const struct it_peer *p);
+
+/* Runs argv[0] (a path, or a name looked up in $PATH) with argv in cwd (NULL: the current
+ * directory), stdin from /dev/null, the environment treated as in it_daemon_start, capturing
+ * stdout and stderr; kills it after timeout_ms. Returns 0 when it ran (whatever its exit
+ * code), a negative code when it could not be run. */
+int it_run_prog(const char *cwd, const char *const *argv, int timeout_ms, struct it_result *ret);
+
+/* Produces the lines of text to Kafka with kcat: each line is "KEY<TAB>VALUE" (no tab: the
+ * whole line is the value, with a null key). The lines go through a file in dir. Returns 0
+ * when kcat exits 0 (every message acknowledged by the broker), else prints kcat's output and
+ * returns -EIO. */
+int it_kcat_produce(const char *dir, const char *bootstrap, const char *topic, const char *text);
+
 #endif

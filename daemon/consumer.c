@@ -1,0 +1,851 @@
+/* The Kafka consumer thread: one librdkafka high-level consumer in one group, subscribed to
+ * [kafka] topic. Every message goes through pipeline_process() and only once that has recorded
+ * the outcome in the store is the message's offset stored (offset + 1,
+ * enable.auto.offset.store=false); stored offsets are committed by librdkafka's auto-commit,
+ * on every revocation and once more, synchronously, at shutdown: at-least-once, with the
+ * store's dedup key ("kafka:topic/partition/offset") making a repeat a no-op. When the store
+ * fails, the message is not acknowledged: its partition is sought back to it and the thread
+ * backs off (500 ms doubling to 5 s) before trying it again, and until it succeeds no later
+ * message of that partition is processed, so nothing is skipped. Every 200 ms the outbox depth
+ * is checked against [delivery] outbox_max and the assignment paused or resumed (back-pressure);
+ * every second the lag (high watermark − position, summed over the assignment) is published.
+ * brokers = "embedded" runs librdkafka's mock cluster in-process, a real-protocol broker for
+ * trials. This thread is a top layer: it logs. */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include "ctxhookd/cleanup.h"
+#include "ctxhookd/consumer.h"
+#include "ctxhookd/log.h"
+
+#define POLL_MS           100 /* how soon a stop request is noticed */
+#define PRESSURE_EVERY_MS 200
+#define LAG_EVERY_MS      1000
+#define BACKOFF_FIRST_MS  500
+#define BACKOFF_MAX_MS    5000
+/* How long a seek may take: waiting for it means that no message librdkafka pre-fetched from
+ * the old position is handed out afterwards. */
+#define SEEK_WAIT_MS    2000
+#define RESEEK_EVERY_MS 1000 /* see hold_blocks() */
+#define EMBEDDED        "embedded"
+#define EMBEDDED_PARTS  4
+#define SOURCE_MAX      (STORE_DEDUP_KEY_MAX - 1)
+
+/* A partition whose message at `offset` could not be recorded: nothing after it may be
+ * processed until it has been. */
+struct hold {
+        int32_t partition;
+        int64_t offset;
+        int64_t sought_ms; /* when it was last sought back to offset (monotonic) */
+};
+
+struct consumer {
+        const struct config *cfg;
+        struct pipeline *pipeline;
+        struct store *store;
+        struct deliver *deliver;
+        struct metrics *metrics;
+        char *bootstrap;
+        rd_kafka_t *mock_rk; /* owns the embedded cluster */
+        rd_kafka_mock_cluster_t *mock;
+        rd_kafka_t *rk;
+        pthread_t thread;
+        bool started;
+        atomic_bool stop;
+        atomic_bool ready;
+        atomic_bool fatal; /* raised by librdkafka (error callback or poll) */
+        _Atomic int64_t last_progress_ms;
+
+        /* Owned by the consumer thread (librdkafka's callbacks run on it, from poll/close). */
+        bool fatal_seen;
+        bool paused;
+        bool depth_failing;
+        int64_t backoff_ms; /* the next back-off after a store failure */
+        struct hold *holds;
+        size_t n_holds;
+        size_t cap_holds;
+};
+
+static int64_t realtime_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t monotonic_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* librdkafka's own log lines (syslog levels), from any of its threads: log_msg is one write. */
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+        (void)rk;
+        if (level < LOG_LEVEL_ERR)
+                level = LOG_LEVEL_ERR;
+        log_msg(level, "kafka: %s: %s", fac, buf);
+}
+
+/* Errors librdkafka reports outside any message (brokers down, authentication, fatal). Most
+ * are transient and librdkafka retries them itself; a fatal one ends consumption, which the
+ * thread notices at its next turn. */
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+        struct consumer *c = opaque;
+
+        (void)rk;
+        if (err == RD_KAFKA_RESP_ERR__FATAL) {
+                atomic_store(&c->fatal, true);
+                return; /* logged once, with the underlying error, by enter_fatal() */
+        }
+        if (err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+                log_warning("kafka: %s: %s", rd_kafka_err2name(err), reason);
+        else
+                log_error("kafka: %s: %s", rd_kafka_err2name(err), reason);
+}
+
+/* ---- holds ---- */
+
+static struct hold *hold_find(struct consumer *c, int32_t partition)
+{
+        for (size_t i = 0; i < c->n_holds; i++)
+                if (c->holds[i].partition == partition)
+                        return &c->holds[i];
+        return NULL;
+}
+
+static void hold_drop(struct consumer *c, int32_t partition)
+{
+        struct hold *h = hold_find(c, partition);
+
+        if (h)
+                *h = c->holds[--c->n_holds];
+}
+
+/* Remembers that partition must go on at offset. Without memory the synchronous seek alone
+ * has to be trusted; the partition then still resumes at offset unless the seek timed out. */
+static void hold_set(struct consumer *c, int32_t partition, int64_t offset)
+{
+        struct hold *h = hold_find(c, partition);
+
+        if (!h) {
+                if (c->n_holds == c->cap_holds) {
+                        size_t cap = c->cap_holds ? c->cap_holds * 2 : 8;
+                        struct hold *n = realloc(c->holds, cap * sizeof(*n));
+
+                        if (!n) {
+                                log_warning("kafka: out of memory remembering partition %" PRId32
+                                            " must resume at offset %" PRId64,
+                                            partition, offset);
+                                return;
+                        }
+                        c->holds = n;
+                        c->cap_holds = cap;
+                }
+                h = &c->holds[c->n_holds++];
+                h->partition = partition;
+        }
+        h->offset = offset;
+        h->sought_ms = monotonic_ms();
+}
+
+static void hold_drop_list(struct consumer *c, const rd_kafka_topic_partition_list_t *parts)
+{
+        for (int i = 0; i < parts->cnt; i++)
+                hold_drop(c, parts->elems[i].partition);
+}
+
+/* Seeks partition back to offset, waiting until librdkafka has dropped what it had pre-fetched
+ * after it. */
+static void seek_back(struct consumer *c, const char *topic, int32_t partition, int64_t offset)
+{
+        rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_error_t *e;
+
+        if (!parts) {
+                log_warning("kafka: out of memory seeking %s/%" PRId32 " back", topic, partition);
+                return;
+        }
+        rd_kafka_topic_partition_list_add(parts, topic, partition)->offset = offset;
+        e = rd_kafka_seek_partitions(c->rk, parts, SEEK_WAIT_MS);
+        if (e) {
+                log_warning("kafka: seeking %s/%" PRId32 " back to offset %" PRId64
+                            " failed: %s; later messages of it are held back until it is read",
+                            topic, partition, offset, rd_kafka_error_string(e));
+                rd_kafka_error_destroy(e);
+        } else if (parts->elems[0].err) {
+                log_warning("kafka: seeking %s/%" PRId32 " back to offset %" PRId64
+                            " failed: %s; later messages of it are held back until it is read",
+                            topic, partition, offset, rd_kafka_err2str(parts->elems[0].err));
+        }
+        rd_kafka_topic_partition_list_destroy(parts);
+}
+
+/* Whether a message must be passed over because an earlier message of its partition still
+ * waits to be recorded. That happens when a seek timed out or when a pause and resume start
+ * fetching at the position after the failed message; the partition is then sought back again
+ * (at most once a second), and the passed-over message comes again in turn. */
+static bool hold_blocks(struct consumer *c, const char *topic, int32_t partition, int64_t offset)
+{
+        struct hold *h = hold_find(c, partition);
+        int64_t now;
+
+        if (!h || h->offset == offset)
+                return false;
+        now = monotonic_ms();
+        if (now - h->sought_ms >= RESEEK_EVERY_MS) {
+                h->sought_ms = now;
+                seek_back(c, topic, partition, h->offset);
+        }
+        return true;
+}
+
+/* ---- back-pressure and lag ---- */
+
+static void pause_or_resume(struct consumer *c, rd_kafka_topic_partition_list_t *parts, bool pause)
+{
+        rd_kafka_resp_err_t e;
+
+        e = pause ? rd_kafka_pause_partitions(c->rk, parts)
+                  : rd_kafka_resume_partitions(c->rk, parts);
+        if (e)
+                log_warning("kafka: %s partitions failed: %s", pause ? "pausing" : "resuming",
+                            rd_kafka_err2str(e));
+}
+
+static void check_pressure(struct consumer *c)
+{
+        rd_kafka_topic_partition_list_t *parts = NULL;
+        int64_t max = c->cfg->delivery.outbox_max;
+        int64_t depth;
+        bool pause;
+        int r;
+
+        r = store_outbox_depth(c->store, &depth);
+        if (r < 0) {
+                if (!c->depth_failing)
+                        log_warning("kafka: reading the outbox depth failed: %s; consumption "
+                                    "stays %s until it can be read",
+                                    strerror(-r), c->paused ? "paused" : "running");
+                c->depth_failing = true;
+                return;
+        }
+        c->depth_failing = false;
+
+        if (!c->paused && depth > max)
+                pause = true;
+        else if (c->paused && depth * 10 < max * 9)
+                pause = false;
+        else
+                return;
+        if (rd_kafka_assignment(c->rk, &parts))
+                return;
+        pause_or_resume(c, parts, pause);
+        rd_kafka_topic_partition_list_destroy(parts);
+        c->paused = pause;
+        if (pause)
+                log_notice("outbox holds %" PRId64 " deliveries, more than [delivery] "
+                           "outbox_max = %" PRId64 ": Kafka consumption paused until it drops "
+                           "below 90%% of that",
+                           depth, max);
+        else
+                log_notice("outbox down to %" PRId64 " deliveries: Kafka consumption resumed",
+                           depth);
+}
+
+/* The lag from what librdkafka already knows (no request to the broker): the high watermark of
+ * the last fetch response minus the position. A seek forgets the position, so a partition held
+ * at a message that failed counts from that message. A partition that has returned no message
+ * since it was assigned has no position yet and is left out, and while paused no fetches
+ * refresh the watermark: the gauge then shows the lag as it was when consumption paused. */
+static void update_lag(struct consumer *c)
+{
+        rd_kafka_topic_partition_list_t *parts = NULL;
+        long long lag = 0;
+
+        if (!c->metrics)
+                return;
+        if (rd_kafka_assignment(c->rk, &parts))
+                return;
+        if (rd_kafka_position(c->rk, parts) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                for (int i = 0; i < parts->cnt; i++) {
+                        const rd_kafka_topic_partition_t *p = &parts->elems[i];
+                        const struct hold *h = hold_find(c, p->partition);
+                        int64_t low, high, pos = h ? h->offset : p->offset;
+
+                        if (p->err || pos < 0)
+                                continue;
+                        if (rd_kafka_get_watermark_offsets(c->rk, p->topic, p->partition, &low,
+                                                           &high))
+                                continue;
+                        if (high > pos)
+                                lag += high - pos;
+                }
+        }
+        rd_kafka_topic_partition_list_destroy(parts);
+        metrics_gauge_set(c->metrics, METRICS_KAFKA_LAG, lag);
+}
+
+/* ---- rebalancing ---- */
+
+static void update_ready(struct consumer *c)
+{
+        rd_kafka_topic_partition_list_t *parts = NULL;
+        bool ready = false;
+
+        if (!rd_kafka_assignment(c->rk, &parts)) {
+                ready = parts->cnt > 0 && !c->fatal_seen;
+                rd_kafka_topic_partition_list_destroy(parts);
+        }
+        atomic_store(&c->ready, ready);
+}
+
+static void log_assign_error(const char *what, rd_kafka_resp_err_t e, rd_kafka_error_t *error)
+{
+        if (error) {
+                log_error("kafka: %s failed: %s", what, rd_kafka_error_string(error));
+                rd_kafka_error_destroy(error);
+        } else if (e) {
+                log_error("kafka: %s failed: %s", what, rd_kafka_err2str(e));
+        }
+}
+
+/* Runs on the consumer thread (from rd_kafka_consumer_poll or rd_kafka_consumer_close). Eager
+ * protocol: the whole assignment is replaced; cooperative (partition.assignment.strategy =
+ * cooperative-sticky among the extra keys): only the listed partitions come or go. Before
+ * partitions go, the offsets stored for them are committed, so their next owner starts right
+ * after the last recorded message. */
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+        struct consumer *c = opaque;
+        bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+        rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
+        rd_kafka_error_t *error = NULL;
+
+        switch (err) {
+        case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+                if (cooperative)
+                        error = rd_kafka_incremental_assign(rk, parts);
+                else
+                        e = rd_kafka_assign(rk, parts);
+                if (error || e) {
+                        log_assign_error("assigning partitions", e, error);
+                        break;
+                }
+                /* Starting at the committed offsets: no hold from a previous owner applies. */
+                hold_drop_list(c, parts);
+                if (c->paused && parts->cnt > 0)
+                        pause_or_resume(c, parts, true);
+                log_info("kafka: %d partition(s) of %s assigned (%s rebalancing)", parts->cnt,
+                         c->cfg->kafka.topic, cooperative ? "cooperative" : "eager");
+                break;
+        case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
+                if (!rd_kafka_assignment_lost(rk) && !c->fatal_seen) {
+                        e = rd_kafka_commit(rk, NULL, 0);
+                        if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET)
+                                log_warning("kafka: committing offsets before a rebalance "
+                                            "failed: %s; the next owner may see some messages "
+                                            "again (they are deduplicated)",
+                                            rd_kafka_err2str(e));
+                        e = RD_KAFKA_RESP_ERR_NO_ERROR;
+                }
+                if (cooperative)
+                        error = rd_kafka_incremental_unassign(rk, parts);
+                else
+                        e = rd_kafka_assign(rk, NULL);
+                log_assign_error("revoking partitions", e, error);
+                if (cooperative)
+                        hold_drop_list(c, parts);
+                else
+                        c->n_holds = 0;
+                log_info("kafka: %d partition(s) of %s revoked%s", parts->cnt, c->cfg->kafka.topic,
+                         rd_kafka_assignment_lost(rk) ? " (lost)" : "");
+                break;
+        default:
+                log_error("kafka: rebalancing failed: %s", rd_kafka_err2str(err));
+                if (cooperative)
+                        error = rd_kafka_incremental_unassign(rk, parts);
+                else
+                        e = rd_kafka_assign(rk, NULL);
+                log_assign_error("dropping the assignment", e, error);
+                c->n_holds = 0;
+                break;
+        }
+        update_ready(c);
+}
+
+/* ---- messages ---- */
+
+static void enter_fatal(struct consumer *c)
+{
+        char reason[512];
+        rd_kafka_resp_err_t e;
+
+        if (c->fatal_seen)
+                return;
+        c->fatal_seen = true;
+        atomic_store(&c->fatal, true);
+        atomic_store(&c->ready, false);
+        e = rd_kafka_fatal_error(c->rk, reason, sizeof(reason));
+        log_error("kafka: fatal consumer error %s: %s; consumption has stopped for good. The "
+                  "daemon keeps running (Context API, deliveries of what is queued) but "
+                  "reports not ready; restart it to consume again",
+                  rd_kafka_err2name(e), e ? reason : "(unknown)");
+}
+
+/* Waits before the same message is tried again, waking for a stop request. */
+static void back_off(struct consumer *c)
+{
+        int64_t until = monotonic_ms() + c->backoff_ms;
+
+        while (!atomic_load(&c->stop) && monotonic_ms() < until) {
+                struct timespec ts = {0, POLL_MS * 1000000L};
+
+                nanosleep(&ts, NULL);
+        }
+        c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+}
+
+static void store_offset(struct consumer *c, const char *topic, int32_t partition, int64_t next)
+{
+        rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_resp_err_t e;
+
+        if (!parts) {
+                /* Not acknowledged: after a restart the message comes again and is a dedup
+                 * no-op. */
+                log_warning("kafka: out of memory storing the offset of %s/%" PRId32, topic,
+                            partition);
+                return;
+        }
+        rd_kafka_topic_partition_list_add(parts, topic, partition)->offset = next;
+        e = rd_kafka_offsets_store(c->rk, parts);
+        if (!e)
+                e = parts->elems[0].err;
+        /* __STATE: the partition was revoked meanwhile; its next owner reads the message again
+         * and finds it recorded. */
+        if (e)
+                log_debug("kafka: storing offset %" PRId64 " of %s/%" PRId32 " failed: %s", next,
+                          topic, partition, rd_kafka_err2str(e));
+        rd_kafka_topic_partition_list_destroy(parts);
+}
+
+static void handle_message(struct consumer *c, const rd_kafka_message_t *m)
+{
+        struct pipeline_result res;
+        char source[SOURCE_MAX + 1];
+        const char *topic;
+        int r;
+
+        /* Only with enable.partition.eof = true among the extra keys; nothing to do. */
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                return;
+        if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
+                enter_fatal(c);
+                return;
+        }
+        if (m->err) {
+                if (m->rkt)
+                        log_warning("kafka: consuming %s/%" PRId32 " failed: %s",
+                                    rd_kafka_topic_name(m->rkt), m->partition,
+                                    rd_kafka_message_errstr(m));
+                else
+                        log_warning("kafka: consuming failed: %s", rd_kafka_message_errstr(m));
+                return;
+        }
+
+        topic = rd_kafka_topic_name(m->rkt);
+        if (hold_blocks(c, topic, m->partition, m->offset))
+                return;
+        snprintf(source, sizeof(source), "kafka:%s/%" PRId32 "/%" PRId64, topic, m->partition,
+                 m->offset);
+        r = pipeline_process(c->pipeline, source, source, m->payload ? m->payload : "", m->len,
+                             realtime_ms(), &res);
+        if (r < 0) {
+                if (c->backoff_ms < BACKOFF_FIRST_MS)
+                        c->backoff_ms = BACKOFF_FIRST_MS;
+                log_warning("%s: recording the message failed (%s): not acknowledged, trying "
+                            "it again in %" PRId64 " ms",
+                            source, strerror(-r), c->backoff_ms);
+                hold_set(c, m->partition, m->offset);
+                seek_back(c, topic, m->partition, m->offset);
+                back_off(c);
+                return;
+        }
+        c->backoff_ms = 0;
+        hold_drop(c, m->partition);
+        store_offset(c, topic, m->partition, m->offset + 1);
+        if (res.dead)
+                log_warning("%s: dead letter: %s", source, res.reason);
+        if (res.deliveries > 0 && c->deliver)
+                deliver_wake(c->deliver);
+}
+
+/* ---- the thread ---- */
+
+static void shut_down(struct consumer *c)
+{
+        rd_kafka_resp_err_t e;
+
+        if (!c->fatal_seen) {
+                e = rd_kafka_commit(c->rk, NULL, 0);
+                if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET)
+                        log_warning("kafka: committing the final offsets failed: %s; some "
+                                    "messages will be read again after a restart (they are "
+                                    "deduplicated)",
+                                    rd_kafka_err2str(e));
+        }
+        e = rd_kafka_consumer_close(c->rk);
+        if (e && !c->fatal_seen)
+                log_warning("kafka: closing the consumer failed: %s", rd_kafka_err2str(e));
+        rd_kafka_destroy(c->rk);
+        c->rk = NULL;
+        atomic_store(&c->ready, false);
+}
+
+static void *consumer_main(void *arg)
+{
+        struct consumer *c = arg;
+        int64_t next_pressure = 0, next_lag = 0;
+
+        while (!atomic_load(&c->stop)) {
+                rd_kafka_message_t *m;
+                int64_t now = monotonic_ms();
+
+                atomic_store(&c->last_progress_ms, realtime_ms());
+                if (atomic_load(&c->fatal))
+                        enter_fatal(c);
+                if (c->fatal_seen) {
+                        /* Alive but idle (so the watchdog sees progress): the daemon stays
+                         * up, not ready. */
+                        struct timespec ts = {0, POLL_MS * 1000000L};
+
+                        nanosleep(&ts, NULL);
+                        continue;
+                }
+                if (now >= next_pressure) {
+                        check_pressure(c);
+                        next_pressure = now + PRESSURE_EVERY_MS;
+                }
+                if (now >= next_lag) {
+                        update_lag(c);
+                        next_lag = now + LAG_EVERY_MS;
+                }
+                m = rd_kafka_consumer_poll(c->rk, POLL_MS);
+                if (!m)
+                        continue;
+                handle_message(c, m);
+                rd_kafka_message_destroy(m);
+        }
+        shut_down(c);
+        return NULL;
+}
+
+/* ---- configuration ---- */
+
+/* Keys whose value must never appear in a message: the words config.c masks, and then some.
+ * Errs on the side of hiding (ssl.key.location is hidden too). */
+static bool key_is_secret(const char *key)
+{
+        static const char *const words[] = {"password", "secret", "key",
+                                            "token",    "jaas",   "oauthbearer.config"};
+
+        for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+                if (strstr(key, words[i]))
+                        return true;
+        return false;
+}
+
+/* Settings ctxhookd owns, as config.c refuses them too: the [kafka] options that set them, or
+ * what at-least-once rests on. Checked again here because a struct config may be built without
+ * config.c. */
+static bool key_is_managed(const char *key)
+{
+        static const char *const keys[] = {"bootstrap.servers", "metadata.broker.list", "group.id",
+                                           "enable.auto.offset.store", "enable.auto.commit"};
+
+        for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+                if (strcmp(key, keys[i]) == 0)
+                        return true;
+        return false;
+}
+
+static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value, struct ch_error *err)
+{
+        char why[512];
+        rd_kafka_conf_res_t res;
+
+        res = rd_kafka_conf_set(conf, key, value, why, sizeof(why));
+        if (res == RD_KAFKA_CONF_OK)
+                return 0;
+        /* librdkafka quotes the rejected value in some of its messages. */
+        if (key_is_secret(key))
+                ch_error_set(err, "[kafka] %s: %s", key,
+                             res == RD_KAFKA_CONF_UNKNOWN
+                                 ? "not a librdkafka configuration property"
+                                 : "librdkafka rejects the value (not shown: the key looks "
+                                   "secret)");
+        else
+                ch_error_set(err, "[kafka] %s: %s", key, why);
+        return -EINVAL;
+}
+
+/* The consumer's configuration. Tunable defaults first, so that [kafka] extra keys may change
+ * them, then the settings ctxhookd owns:
+ * - auto.offset.reset = earliest: a group without committed offsets (a new group, or offsets
+ *   expired on the broker) starts at the beginning of the topic, so no event is lost; a
+ *   repeat is harmless (dedup).
+ * - Memory stays bounded while consumption is paused or slow: at most
+ *   queued.max.messages.kbytes = 16384 (16 MiB) pre-fetched for the whole consumer, refilled
+ *   below queued.min.messages = 10000, in fetches of at most fetch.max.bytes = 4 MiB (≥ the
+ *   default message.max.bytes; librdkafka still fetches a larger single message whole).
+ * - enable.auto.offset.store = false: an offset is stored only after pipeline_process().
+ * - enable.auto.commit = true: librdkafka commits the stored offsets every
+ *   auto.commit.interval.ms (5 s by default); revocations and shutdown also commit
+ *   synchronously. */
+static int make_conf(struct consumer *c, rd_kafka_conf_t **ret, struct ch_error *err)
+{
+        static const char *const defaults[][2] = {
+            {"client.id", "ctxhookd"},
+            {"auto.offset.reset", "earliest"},
+            {"queued.max.messages.kbytes", "16384"},
+            {"queued.min.messages", "10000"},
+            {"fetch.max.bytes", "4194304"},
+        };
+        rd_kafka_conf_t *conf = rd_kafka_conf_new();
+        int r = 0;
+
+        if (!conf) {
+                ch_error_set(err, "Kafka consumer: out of memory");
+                return -ENOMEM;
+        }
+        for (size_t i = 0; r == 0 && i < sizeof(defaults) / sizeof(defaults[0]); i++)
+                r = conf_set(conf, defaults[i][0], defaults[i][1], err);
+        for (size_t i = 0; r == 0 && i < c->cfg->kafka.n_extra; i++) {
+                const struct config_kv *kv = &c->cfg->kafka.extra[i];
+
+                if (key_is_managed(kv->key)) {
+                        ch_error_set(err,
+                                     "[kafka] %s: set by ctxhookd itself (brokers, group, and "
+                                     "offsets stored only once an event is recorded)",
+                                     kv->key);
+                        r = -EINVAL;
+                        break;
+                }
+                r = conf_set(conf, kv->key, kv->value, err);
+        }
+        if (r == 0)
+                r = conf_set(conf, "bootstrap.servers", c->bootstrap, err);
+        if (r == 0)
+                r = conf_set(conf, "group.id", c->cfg->kafka.group, err);
+        if (r == 0)
+                r = conf_set(conf, "enable.auto.offset.store", "false", err);
+        if (r == 0)
+                r = conf_set(conf, "enable.auto.commit", "true", err);
+        if (r < 0) {
+                rd_kafka_conf_destroy(conf);
+                return r;
+        }
+        rd_kafka_conf_set_log_cb(conf, on_log);
+        rd_kafka_conf_set_error_cb(conf, on_error);
+        rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+        rd_kafka_conf_set_opaque(conf, c);
+        *ret = conf;
+        return 0;
+}
+
+/* The in-process broker of brokers = "embedded": one mock broker, the topic created with
+ * EMBEDDED_PARTS partitions. It keeps messages in memory, only about 5 MB per partition. */
+static int embedded_start(struct consumer *c, struct ch_error *err)
+{
+        rd_kafka_conf_t *conf = rd_kafka_conf_new();
+        const char *topic = c->cfg->kafka.topic;
+        rd_kafka_resp_err_t e;
+        char why[512];
+
+        if (!conf) {
+                ch_error_set(err, "embedded Kafka broker: out of memory");
+                return -ENOMEM;
+        }
+        rd_kafka_conf_set_log_cb(conf, on_log);
+        /* The helper handle only hosts the cluster and never connects anywhere: its notice
+         * that no bootstrap.servers is configured would only confuse. */
+        if (rd_kafka_conf_set(conf, "client.id", "ctxhookd-embedded-broker", why, sizeof(why)) !=
+                RD_KAFKA_CONF_OK ||
+            rd_kafka_conf_set(conf, "log_level", "4", why, sizeof(why)) != RD_KAFKA_CONF_OK) {
+                rd_kafka_conf_destroy(conf);
+                ch_error_set(err, "embedded Kafka broker: %s", why);
+                return -EINVAL;
+        }
+        c->mock_rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof(why));
+        if (!c->mock_rk) {
+                rd_kafka_conf_destroy(conf);
+                ch_error_set(err, "embedded Kafka broker: %s", why);
+                return -EIO;
+        }
+        c->mock = rd_kafka_mock_cluster_new(c->mock_rk, 1);
+        if (!c->mock) {
+                ch_error_set(err, "embedded Kafka broker: cannot start the mock cluster");
+                return -EIO;
+        }
+        e = rd_kafka_mock_topic_create(c->mock, topic, EMBEDDED_PARTS, 1);
+        if (e) {
+                ch_error_set(err, "embedded Kafka broker: creating topic %s failed: %s", topic,
+                             rd_kafka_err2str(e));
+                return -EIO;
+        }
+        c->bootstrap = strdup(rd_kafka_mock_cluster_bootstraps(c->mock));
+        if (!c->bootstrap) {
+                ch_error_set(err, "embedded Kafka broker: out of memory");
+                return -ENOMEM;
+        }
+        log_notice("embedded Kafka broker (for trials) at %s, topic %s; produce with: "
+                   "kcat -P -b %s -t %s (it keeps only about 5 MB per partition, in memory)",
+                   c->bootstrap, topic, c->bootstrap, topic);
+        return 0;
+}
+
+static int subscribe(struct consumer *c, struct ch_error *err)
+{
+        rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_resp_err_t e;
+
+        if (!topics) {
+                ch_error_set(err, "Kafka consumer: out of memory");
+                return -ENOMEM;
+        }
+        rd_kafka_topic_partition_list_add(topics, c->cfg->kafka.topic, RD_KAFKA_PARTITION_UA);
+        e = rd_kafka_subscribe(c->rk, topics);
+        rd_kafka_topic_partition_list_destroy(topics);
+        if (e) {
+                ch_error_set(err, "Kafka consumer: subscribing to %s failed: %s",
+                             c->cfg->kafka.topic, rd_kafka_err2str(e));
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static void consumer_stopp(struct consumer **c)
+{
+        consumer_stop(*c);
+}
+
+int consumer_start(const struct config *cfg, struct pipeline *pipeline, struct store *store,
+                   struct deliver *deliver, struct metrics *metrics, struct consumer **ret,
+                   struct ch_error *err)
+{
+        _cleanup_(consumer_stopp) struct consumer *c = NULL;
+        rd_kafka_conf_t *conf = NULL;
+        char why[512];
+        int r;
+
+        if (!cfg->kafka.brokers || !cfg->kafka.brokers[0]) {
+                ch_error_set(err, "[kafka] brokers is empty: no Kafka to consume from");
+                return -EINVAL;
+        }
+        c = calloc(1, sizeof(*c));
+        if (!c) {
+                ch_error_set(err, "Kafka consumer: out of memory");
+                return -ENOMEM;
+        }
+        c->cfg = cfg;
+        c->pipeline = pipeline;
+        c->store = store;
+        c->deliver = deliver;
+        c->metrics = metrics;
+        atomic_init(&c->stop, false);
+        atomic_init(&c->ready, false);
+        atomic_init(&c->fatal, false);
+        atomic_init(&c->last_progress_ms, realtime_ms());
+
+        if (strcmp(cfg->kafka.brokers, EMBEDDED) == 0) {
+                r = embedded_start(c, err);
+                if (r < 0)
+                        return r;
+        } else {
+                c->bootstrap = strdup(cfg->kafka.brokers);
+                if (!c->bootstrap) {
+                        ch_error_set(err, "Kafka consumer: out of memory");
+                        return -ENOMEM;
+                }
+        }
+
+        r = make_conf(c, &conf, err);
+        if (r < 0)
+                return r;
+        c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof(why));
+        if (!c->rk) {
+                /* Only a successful rd_kafka_new() takes the configuration over. */
+                rd_kafka_conf_destroy(conf);
+                ch_error_set(err, "Kafka consumer: %s", why);
+                return -EINVAL;
+        }
+        conf = NULL;
+        /* The main queue (error callback, rebalances) is served by rd_kafka_consumer_poll. */
+        rd_kafka_poll_set_consumer(c->rk);
+        r = subscribe(c, err);
+        if (r < 0)
+                return r;
+
+        r = -pthread_create(&c->thread, NULL, consumer_main, c);
+        if (r < 0) {
+                ch_error_set(err, "Kafka consumer: cannot start its thread: %s", strerror(-r));
+                return r;
+        }
+        c->started = true;
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+const char *consumer_bootstrap(const struct consumer *c)
+{
+        return c->bootstrap;
+}
+
+bool consumer_ready(const struct consumer *c)
+{
+        return atomic_load(&c->ready);
+}
+
+int64_t consumer_last_progress_ms(const struct consumer *c)
+{
+        return atomic_load(&c->last_progress_ms);
+}
+
+struct consumer *consumer_stop(struct consumer *c)
+{
+        if (!c)
+                return NULL;
+        if (c->started) {
+                atomic_store(&c->stop, true);
+                pthread_join(c->thread, NULL); /* the thread commits, closes and destroys rk */
+        } else if (c->rk) {
+                rd_kafka_consumer_close(c->rk);
+                rd_kafka_destroy(c->rk);
+        }
+        if (c->mock)
+                rd_kafka_mock_cluster_destroy(c->mock);
+        if (c->mock_rk)
+                rd_kafka_destroy(c->mock_rk);
+        free(c->holds);
+        free(c->bootstrap);
+        free(c);
+        return NULL;
+}

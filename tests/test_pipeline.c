@@ -1,0 +1,342 @@
+/* Unit tests of the pipeline with a real store: every sample shape, routing, the gathered
+ * context and the exact webhook body, dedup, dead letters, dry-run building, metrics. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ctxhookd/event.h"
+#include "ctxhookd/pipeline.h"
+
+#define NOW INT64_C(1800000000000)
+#define ACC "12345678"
+
+static const char *const samples[] = {
+    "{\"general\":{\"cbotEventType\":\"SYSTEM_END_CONVERSATION\",\"type\":\"UPSERT\",\"convId\":"
+    "\"sample-conv-1\",\"dialogId\":\"sample-conv-1\",\"startTs\":1764400000001,"
+    "\"serverTimestamp\":1764400000201,\"oldConvState\":\"OPEN\",\"newConvState\":\"CLOSE\","
+    "\"lastMessageComposer\":\"consumer\",\"lastMessageTs\":1764400000101},\"end\":{"
+    "\"closeReason\":\"SYSTEM\"}}",
+    "{\"general\":{\"cbotEventType\":\"AGENT_END_CONVERSATION\",\"type\":\"UPSERT\",\"convId\":"
+    "\"sample-conv-2\",\"dialogId\":\"sample-conv-2\",\"startTs\":1764400000002,"
+    "\"serverTimestamp\":1764400000202,\"oldConvState\":\"OPEN\",\"newConvState\":\"CLOSE\","
+    "\"lastMessageComposer\":\"consumer\",\"lastMessageTs\":1764400000102},\"end\":{"
+    "\"closeReason\":\"AGENT\"}}",
+    "{\"general\":{\"cbotEventType\":\"CONSUMER_NON_RESPONSIVE\",\"type\":\"UPSERT\",\"convId\":"
+    "\"sample-conv-3\",\"dialogId\":\"sample-conv-3\",\"startTs\":1764400000003,"
+    "\"serverTimestamp\":1764400000203,\"oldConvState\":\"OPEN\",\"newConvState\":\"OPEN\","
+    "\"lastMessageComposer\":\"consumer\",\"lastMessageTs\":1764400000103}}",
+    "not json at all",
+    "{\"kind\":\"notification\",\"type\":\"cqm.ExConversationChangeNotification\",\"body\":{"
+    "\"changes\":[{\"type\":\"UPSERT\",\"result\":{\"convId\":\"sample-conv-4\","
+    "\"conversationDetails\":{\"brandId\":\"12345678\",\"skillId\":\"77\",\"state\":\"CLOSE\","
+    "\"stage\":\"CLOSE\",\"closeReason\":\"TIMEOUT\",\"startTs\":1764400000000,"
+    "\"metaDataLastUpdateTs\":1764400005000}}},{\"type\":\"UPSERT\",\"result\":{\"convId\":"
+    "\"sample-conv-5\",\"conversationDetails\":{\"brandId\":\"12345678\",\"skillId\":\"77\","
+    "\"state\":\"OPEN\",\"stage\":\"OPEN\",\"startTs\":1764400000000}}}]}}",
+    "{\"kind\":\"conversation.end\",\"accountId\":\"12345678\",\"conversationId\":"
+    "\"sample-conv-6\",\"closeReason\":\"SYSTEM\",\"time\":1764400000006}",
+};
+
+static char dir[64], path[160];
+static struct store *st;
+static struct metrics *metrics;
+static struct config cfg;
+static struct config_hook hooks[2];
+static char *ns_list[] = {"agentNotes", NULL};
+static char *reasons[] = {"SYSTEM", "TIMEOUT", NULL};
+static struct pipeline *pl;
+
+static void setup(void)
+{
+        struct store_options o = {.busy_timeout_ms = 5000, .pool_size = 2, .cache_entries = 64};
+        struct ch_error err = {{0}};
+
+        strcpy(dir, "/tmp/ctxhookd-test-pipeline-XXXXXX");
+        cr_assert_not_null(mkdtemp(dir));
+        snprintf(path, sizeof(path), "%s/context.db", dir);
+        o.path = path;
+        cr_assert_eq(store_open(&o, &st, &err), 0, "%s", err.msg);
+        metrics = metrics_new();
+        memset(&cfg, 0, sizeof(cfg));
+        memset(hooks, 0, sizeof(hooks));
+        hooks[0] = (struct config_hook){
+            .name = "notes-on-autoclose",
+            .on = EVENT_END,
+            .close_reasons = reasons,
+            .namespaces = ns_list,
+            .url = "http://127.0.0.1:9/fn",
+            .secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            .bearer_token = "",
+            .timeout_ms = 5000,
+            .max_attempts = 3,
+        };
+        hooks[1] = (struct config_hook){
+            .name = "idle",
+            .on = EVENT_IDLE,
+            .url = "http://127.0.0.1:9/idle",
+            .secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            .bearer_token = "",
+            .timeout_ms = 5000,
+            .max_attempts = 3,
+            .clear_after = true,
+        };
+        cfg.hooks = hooks;
+        cfg.n_hooks = 2;
+        cfg.kafka.account = ACC;
+        cfg.kafka.max_message_bytes = 1 << 20;
+        const char *names[] = {hooks[0].name, hooks[1].name};
+        cr_assert_eq(metrics_set_hooks(metrics, names, 2), 0);
+        cr_assert_eq(pipeline_new(st, metrics, &cfg, &pl), 0);
+}
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+        (void)sb;
+        (void)flag;
+        (void)ftw;
+        return remove(p);
+}
+
+static void teardown(void)
+{
+        pl = pipeline_free(pl);
+        st = store_close(st);
+        metrics = metrics_free(metrics);
+        nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+TestSuite(pipeline, .init = setup, .fini = teardown);
+
+static void merge(const char *sid, const char *json)
+{
+        json_t *v = json_loads(json, 0, NULL);
+
+        cr_assert_not_null(v);
+        cr_assert_eq(store_props_merge(st, ACC, "agentNotes", sid, v, NULL, NOW - 1000, NULL), 0);
+        json_decref(v);
+}
+
+static struct pipeline_result process(size_t i, const char *dedup)
+{
+        struct pipeline_result res;
+        char source[64];
+
+        snprintf(source, sizeof(source), "kafka:conversation-events/0/%zu", i);
+        cr_assert_eq(pipeline_process(pl, source, dedup ? dedup : source, samples[i],
+                                      strlen(samples[i]), NOW, &res),
+                     0, "sample %zu", i);
+        return res;
+}
+
+/* The queued deliveries, oldest first. */
+static size_t claim_all(struct store_delivery **d)
+{
+        size_t n = 0;
+
+        cr_assert_eq(store_outbox_claim(st, NOW, 60000, 100, d, &n), 0);
+        return n;
+}
+
+static json_t *body_of(const struct store_delivery *d)
+{
+        json_error_t e;
+        json_t *v = json_loadb(d->body, d->body_len, 0, &e);
+
+        cr_assert_not_null(v, "body is not JSON: %s", e.text);
+        return v;
+}
+
+Test(pipeline, samples_route_gather_and_queue)
+{
+        struct pipeline_result r;
+        struct store_delivery *d = NULL;
+        size_t n;
+
+        merge(NULL, "{\"team\":\"billing\"}");
+        merge("sample-conv-1", "{\"note\":\"asked for a callback\"}");
+
+        r = process(0, NULL);
+        cr_assert_eq(r.events, 1);
+        cr_assert_eq(r.deliveries, 1);
+        cr_assert_eq(r.ignored, 0);
+        r = process(1, NULL); /* AGENT close: no hook */
+        cr_assert_eq(r.deliveries, 0);
+        cr_assert_eq(r.ignored, 1);
+        r = process(2, NULL); /* idle: the idle hook */
+        cr_assert_eq(r.deliveries, 1);
+        r = process(3, NULL);
+        cr_assert(r.dead);
+        cr_assert_neq(r.reason[0], '\0');
+        r = process(4, NULL); /* two changes: TIMEOUT end and an open conversation */
+        cr_assert_eq(r.events, 2);
+        cr_assert_eq(r.deliveries, 1);
+        cr_assert_eq(r.ignored, 1);
+        r = process(5, NULL);
+        cr_assert_eq(r.deliveries, 1);
+
+        n = claim_all(&d);
+        cr_assert_eq(n, 4);
+        const char *want_conv[] = {"sample-conv-1", "sample-conv-3", "sample-conv-4",
+                                   "sample-conv-6"};
+        const char *want_hook[] = {"notes-on-autoclose", "idle", "notes-on-autoclose",
+                                   "notes-on-autoclose"};
+        for (size_t i = 0; i < n; i++) {
+                cr_assert_str_eq(d[i].conversation, want_conv[i]);
+                cr_assert_str_eq(d[i].hook, want_hook[i]);
+                cr_assert_str_eq(d[i].account, ACC);
+                cr_assert_eq(strncmp(d[i].webhook_id, "msg_", 4), 0);
+                cr_assert_eq(strlen(d[i].webhook_id), 36);
+        }
+
+        /* The first body, field by field. */
+        json_t *b = body_of(&d[0]);
+        cr_assert_eq(json_integer_value(json_object_get(b, "timestamp")), NOW);
+        cr_assert(json_is_array(json_object_get(b, "headers")));
+        json_t *payload = json_object_get(b, "payload");
+        cr_assert_str_eq(json_string_value(json_object_get(payload, "hook")), "notes-on-autoclose");
+        json_t *ev = json_object_get(payload, "event");
+        cr_assert_str_eq(json_string_value(json_object_get(ev, "id")),
+                         "kafka:conversation-events/0/0");
+        cr_assert_str_eq(json_string_value(json_object_get(ev, "kind")), "conversation.end");
+        cr_assert_str_eq(json_string_value(json_object_get(ev, "accountId")), ACC);
+        cr_assert_str_eq(json_string_value(json_object_get(ev, "conversationId")), "sample-conv-1");
+        cr_assert_str_eq(json_string_value(json_object_get(ev, "closeReason")), "SYSTEM");
+        cr_assert_eq(json_integer_value(json_object_get(ev, "time")), 1764400000201);
+        json_t *raw_want = json_loads(samples[0], 0, NULL);
+        cr_assert(json_equal(json_object_get(payload, "raw"), raw_want), "raw differs");
+        json_decref(raw_want);
+        json_t *ctx = json_object_get(json_object_get(payload, "context"), "agentNotes");
+        json_t *want_ns = json_loads("{\"team\":\"billing\"}", 0, NULL);
+        json_t *want_session = json_loads("{\"note\":\"asked for a callback\"}", 0, NULL);
+        cr_assert(json_equal(json_object_get(ctx, "namespace"), want_ns));
+        cr_assert(json_equal(json_object_get(ctx, "session"), want_session));
+        json_decref(want_ns);
+        json_decref(want_session);
+        json_decref(b);
+
+        /* The idle hook names no namespaces: an empty context. */
+        b = body_of(&d[1]);
+        cr_assert_eq(json_object_size(json_object_get(json_object_get(b, "payload"), "context")),
+                     0);
+        json_decref(b);
+
+        /* The notification's first change: its raw is that change, its id the message's. */
+        b = body_of(&d[2]);
+        payload = json_object_get(b, "payload");
+        ev = json_object_get(payload, "event");
+        cr_assert_str_eq(json_string_value(json_object_get(ev, "closeReason")), "TIMEOUT");
+        cr_assert_str_eq(json_string_value(json_object_get(
+                             json_object_get(json_object_get(payload, "raw"), "result"), "convId")),
+                         "sample-conv-4");
+        ctx = json_object_get(json_object_get(payload, "context"), "agentNotes");
+        cr_assert_eq(json_object_size(json_object_get(ctx, "session")), 0);
+        json_decref(b);
+        store_deliveries_free(d, n);
+
+        /* The malformed line is a dead letter with its source and bytes. */
+        json_t *dead = NULL;
+        cr_assert_eq(store_dead_list(st, 0, 10, &dead), 0);
+        cr_assert_eq(json_array_size(dead), 1);
+        cr_assert_str_eq(json_string_value(json_object_get(json_array_get(dead, 0), "source")),
+                         "kafka:conversation-events/0/3");
+        cr_assert_str_eq(json_string_value(json_object_get(json_array_get(dead, 0), "raw")),
+                         "not json at all");
+        json_decref(dead);
+
+        /* Metrics: 4 queued events, 2 ignored, 1 dead message. */
+        struct buf out;
+        buf_init(&out, 1 << 20);
+        cr_assert_eq(metrics_render(metrics, &out), 0);
+        cr_assert(strstr(out.data, "\nctxhookd_events_total{result=\"queued\"} 4\n"), "%s",
+                  out.data);
+        cr_assert(strstr(out.data, "\nctxhookd_events_total{result=\"ignored\"} 2\n"));
+        cr_assert(strstr(out.data, "\nctxhookd_events_total{result=\"dead\"} 1\n"));
+        buf_free(&out);
+}
+
+Test(pipeline, a_message_seen_twice_is_queued_once)
+{
+        struct pipeline_result r;
+        int64_t depth = -1;
+
+        r = process(0, "kafka:conversation-events/0/0");
+        cr_assert_eq(r.deliveries, 1);
+        cr_assert_not(r.duplicate);
+        r = process(0, "kafka:conversation-events/0/0");
+        cr_assert(r.duplicate);
+        cr_assert_eq(r.deliveries, 0);
+        cr_assert_eq(store_outbox_depth(st, &depth), 0);
+        cr_assert_eq(depth, 1);
+        /* A dead letter is deduplicated too. */
+        r = process(3, "k3");
+        cr_assert(r.dead);
+        r = process(3, "k3");
+        cr_assert(r.duplicate);
+        int64_t n = 0;
+        cr_assert_eq(store_dead_count(st, &n), 0);
+        cr_assert_eq(n, 1);
+}
+
+Test(pipeline, build_writes_nothing_and_is_deterministic)
+{
+        struct pipeline_result r;
+        struct pipeline_delivery *a = NULL, *b = NULL;
+        size_t na = 0, nb = 0;
+        int64_t depth = -1;
+
+        cr_assert_eq(
+            pipeline_build(pl, "replay:x:1", samples[4], strlen(samples[4]), NOW, &r, &a, &na), 0);
+        cr_assert_eq(na, 1);
+        cr_assert_eq(r.events, 2);
+        cr_assert_eq(
+            pipeline_build(pl, "replay:x:1", samples[4], strlen(samples[4]), NOW, &r, &b, &nb), 0);
+        cr_assert_eq(nb, 1);
+        cr_assert_str_eq(a[0].webhook_id, b[0].webhook_id);
+        cr_assert_eq(a[0].body_len, b[0].body_len);
+        cr_assert_eq(memcmp(a[0].body, b[0].body, a[0].body_len), 0);
+        cr_assert_str_eq(a[0].hook->name, "notes-on-autoclose");
+        cr_assert_null(a[0].clear_namespaces);
+        pipeline_deliveries_free(a, na);
+        pipeline_deliveries_free(b, nb);
+        cr_assert_eq(store_outbox_depth(st, &depth), 0);
+        cr_assert_eq(depth, 0);
+        /* Another source is another event: another webhook id. */
+        cr_assert_eq(
+            pipeline_build(pl, "replay:x:2", samples[4], strlen(samples[4]), NOW, &r, &b, &nb), 0);
+        cr_assert_eq(
+            pipeline_build(pl, "replay:x:1", samples[4], strlen(samples[4]), NOW, &r, &a, &na), 0);
+        cr_assert_str_neq(a[0].webhook_id, b[0].webhook_id);
+        pipeline_deliveries_free(a, na);
+        pipeline_deliveries_free(b, nb);
+}
+
+Test(pipeline, clear_after_names_the_namespaces_to_clear)
+{
+        struct pipeline_result r;
+        struct pipeline_delivery *d = NULL;
+        size_t n = 0;
+
+        hooks[1].namespaces = ns_list;
+        cr_assert_eq(pipeline_build(pl, "s", samples[2], strlen(samples[2]), NOW, &r, &d, &n), 0);
+        cr_assert_eq(n, 1);
+        cr_assert_str_eq(d[0].clear_namespaces, "[\"agentNotes\"]");
+        pipeline_deliveries_free(d, n);
+}
+
+Test(pipeline, oversized_messages_are_dead_letters)
+{
+        struct pipeline_result r;
+        char *big = malloc(2 << 20);
+
+        memset(big, ' ', 2 << 20);
+        big[0] = '{';
+        big[(2 << 20) - 1] = '}';
+        cr_assert_eq(pipeline_process(pl, "kafka:t/0/9", "kafka:t/0/9", big, 2 << 20, NOW, &r), 0);
+        cr_assert(r.dead);
+        cr_assert(strstr(r.reason, "exceeds"), "%s", r.reason);
+        free(big);
+}
