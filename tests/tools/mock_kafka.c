@@ -3,7 +3,7 @@
  * topic created up front. Its bootstrap address is the first line of stdout, so a test can start
  * it, read the address, and then SIGKILL and restart the daemon under test as often as it
  * likes without losing the messages or the group's committed offsets. Runs until SIGTERM or
- * SIGINT, then destroys the cluster and exits 0.
+ * SIGINT (or until its parent exits), then destroys the cluster and exits 0.
  *
  * Usage: mock_kafka [--topic NAME] [--partitions N] [--brokers N] */
 #include <errno.h>
@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <librdkafka/rdkafka.h>
@@ -72,6 +73,10 @@ int main(int argc, char **argv)
         sigaddset(&set, SIGTERM);
         sigaddset(&set, SIGINT);
         pthread_sigmask(SIG_BLOCK, &set, NULL);
+        /* A test that dies (a criterion time-out) cannot stop its peers: they follow it. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() == 1)
+                return 0;
 
         conf = rd_kafka_conf_new();
         /* The handle only hosts the cluster; it never connects anywhere itself. */
