@@ -1,16 +1,20 @@
 /* The Kafka consumer thread: one librdkafka high-level consumer in one group, subscribed to
- * [kafka] topic. Every message goes through pipeline_process() and only once that has recorded
- * the outcome in the store is the message's offset stored (offset + 1,
- * enable.auto.offset.store=false); stored offsets are committed by librdkafka's auto-commit,
- * on every revocation and once more, synchronously, at shutdown: at-least-once, with the
- * store's dedup key ("kafka:topic/partition/offset") making a repeat a no-op. When the store
- * fails, the message is not acknowledged: its partition is sought back to it and the thread
- * backs off (500 ms doubling to 5 s) before trying it again, and until it succeeds no later
- * message of that partition is processed, so nothing is skipped. Every 200 ms the outbox depth
- * is checked against [delivery] outbox_max and the assignment paused or resumed (back-pressure);
- * every second the lag (high watermark − position, summed over the assignment) is published.
- * brokers = "embedded" runs librdkafka's mock cluster in-process, a real-protocol broker for
- * trials. This thread is a top layer: it logs. */
+ * [kafka] topic. When a message arrives, whatever librdkafka already holds is taken with it
+ * (up to BATCH_MAX messages or BATCH_MAX_BYTES, never waiting) and the batch goes through
+ * pipeline_process_batch(): one store transaction, because one per message would cap ingest at
+ * the store's transaction rate. Only once the outcome is recorded is the offset after the
+ * batch's last message of each of its partitions stored (a partition's messages arrive in
+ * order; enable.auto.offset.store=false); stored offsets are committed by librdkafka's
+ * auto-commit, on every revocation and once more, synchronously, at shutdown: at-least-once,
+ * with the store's dedup key ("kafka:topic/partition/offset") making a repeat a no-op. When the
+ * store fails, nothing of the batch is acknowledged: each of its partitions is sought back to
+ * its first message in the batch and the thread backs off (500 ms doubling to 5 s) before
+ * trying again, and until that succeeds no later message of those partitions is processed, so
+ * nothing is skipped. Every 200 ms the outbox depth is checked against [delivery] outbox_max
+ * and the assignment paused or resumed (back-pressure); every second the lag (high watermark −
+ * position, summed over the assignment) is published. brokers = "embedded" runs librdkafka's
+ * mock cluster in-process, a real-protocol broker for trials. This thread is a top layer: it
+ * logs. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -41,6 +45,10 @@
 #define EMBEDDED        "embedded"
 #define EMBEDDED_PARTS  4
 #define SOURCE_MAX      (STORE_DEDUP_KEY_MAX - 1)
+/* A batch: what librdkafka already holds when a message arrives, recorded in one store
+ * transaction (one each would cap ingest at the store's ~20k transactions/s). */
+#define BATCH_MAX       256
+#define BATCH_MAX_BYTES (4 << 20)
 
 /* A partition whose message at `offset` could not be recorded: nothing after it may be
  * processed until it has been. */
@@ -48,6 +56,14 @@ struct hold {
         int32_t partition;
         int64_t offset;
         int64_t sought_ms; /* when it was last sought back to offset (monotonic) */
+};
+
+/* A partition's share of a batch. */
+struct batch_part {
+        const char *topic; /* owned by the batch's messages */
+        int32_t partition;
+        int64_t first;
+        int64_t last;
 };
 
 struct consumer {
@@ -75,6 +91,17 @@ struct consumer {
         struct hold *holds;
         size_t n_holds;
         size_t cap_holds;
+
+        /* The batch being collected: its messages in arrival order, and per partition its
+         * first and last offset in it. */
+        rd_kafka_message_t *batch[BATCH_MAX];
+        size_t n_batch;
+        size_t batch_bytes;
+        struct batch_part parts[BATCH_MAX];
+        size_t n_parts;
+        struct pipeline_message msgs[BATCH_MAX];
+        struct pipeline_result results[BATCH_MAX];
+        char sources[BATCH_MAX][SOURCE_MAX + 1];
 };
 
 static int64_t realtime_ms(void)
@@ -423,37 +450,46 @@ static void back_off(struct consumer *c)
         c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
 }
 
-static void store_offset(struct consumer *c, const char *topic, int32_t partition, int64_t next)
+/* Stores the offset after the batch's last message of each of its partitions. */
+static void store_offsets(struct consumer *c)
 {
-        rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new((int)c->n_parts);
         rd_kafka_resp_err_t e;
 
         if (!parts) {
-                /* Not acknowledged: after a restart the message comes again and is a dedup
-                 * no-op. */
-                log_warning("kafka: out of memory storing the offset of %s/%" PRId32, topic,
-                            partition);
+                /* Not acknowledged: after a restart the messages come again and are dedup
+                 * no-ops. */
+                log_warning("kafka: out of memory storing offsets");
                 return;
         }
-        rd_kafka_topic_partition_list_add(parts, topic, partition)->offset = next;
+        for (size_t i = 0; i < c->n_parts; i++)
+                rd_kafka_topic_partition_list_add(parts, c->parts[i].topic, c->parts[i].partition)
+                    ->offset = c->parts[i].last + 1;
         e = rd_kafka_offsets_store(c->rk, parts);
-        if (!e)
-                e = parts->elems[0].err;
-        /* __STATE: the partition was revoked meanwhile; its next owner reads the message again
-         * and finds it recorded. */
-        if (e)
-                log_debug("kafka: storing offset %" PRId64 " of %s/%" PRId32 " failed: %s", next,
-                          topic, partition, rd_kafka_err2str(e));
+        /* __STATE: the partition was revoked meanwhile; its next owner reads the messages again
+         * and finds them recorded. */
+        for (int i = 0; i < parts->cnt; i++) {
+                rd_kafka_resp_err_t pe = e ? e : parts->elems[i].err;
+
+                if (pe)
+                        log_debug("kafka: storing offset %" PRId64 " of %s/%" PRId32 " failed: %s",
+                                  parts->elems[i].offset, parts->elems[i].topic,
+                                  parts->elems[i].partition, rd_kafka_err2str(pe));
+        }
         rd_kafka_topic_partition_list_destroy(parts);
 }
 
-static void handle_message(struct consumer *c, const rd_kafka_message_t *m)
+static struct batch_part *part_find(struct consumer *c, const char *topic, int32_t partition)
 {
-        struct pipeline_result res;
-        char source[SOURCE_MAX + 1];
-        const char *topic;
-        int r;
+        for (size_t i = 0; i < c->n_parts; i++)
+                if (c->parts[i].partition == partition && strcmp(c->parts[i].topic, topic) == 0)
+                        return &c->parts[i];
+        return NULL;
+}
 
+/* A message that carries an error rather than an event. */
+static void handle_error(struct consumer *c, const rd_kafka_message_t *m)
+{
         /* Only with enable.partition.eof = true among the extra keys; nothing to do. */
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 return;
@@ -461,40 +497,119 @@ static void handle_message(struct consumer *c, const rd_kafka_message_t *m)
                 enter_fatal(c);
                 return;
         }
+        if (m->rkt)
+                log_warning("kafka: consuming %s/%" PRId32 " failed: %s",
+                            rd_kafka_topic_name(m->rkt), m->partition, rd_kafka_message_errstr(m));
+        else
+                log_warning("kafka: consuming failed: %s", rd_kafka_message_errstr(m));
+}
+
+/* Takes m over: adds it to the batch, or destroys it (an error, or held back). */
+static void batch_add(struct consumer *c, rd_kafka_message_t *m)
+{
+        struct batch_part *part;
+        const char *topic;
+
         if (m->err) {
-                if (m->rkt)
-                        log_warning("kafka: consuming %s/%" PRId32 " failed: %s",
-                                    rd_kafka_topic_name(m->rkt), m->partition,
-                                    rd_kafka_message_errstr(m));
-                else
-                        log_warning("kafka: consuming failed: %s", rd_kafka_message_errstr(m));
+                handle_error(c, m);
+                rd_kafka_message_destroy(m);
                 return;
         }
-
         topic = rd_kafka_topic_name(m->rkt);
-        if (hold_blocks(c, topic, m->partition, m->offset))
+        part = part_find(c, topic, m->partition);
+        /* Once a partition's first message in the batch has passed its hold, the ones after
+         * it follow in order. One at or before the batch's last of its partition (fetched
+         * again after a rebalance) is either in the batch or was recorded before it: a repeat,
+         * dropped. */
+        if (part ? m->offset <= part->last : hold_blocks(c, topic, m->partition, m->offset)) {
+                rd_kafka_message_destroy(m);
                 return;
-        snprintf(source, sizeof(source), "kafka:%s/%" PRId32 "/%" PRId64, topic, m->partition,
-                 m->offset);
-        r = pipeline_process(c->pipeline, source, source, m->payload ? m->payload : "", m->len,
-                             realtime_ms(), &res);
+        }
+        if (!part) {
+                part = &c->parts[c->n_parts++];
+                part->topic = topic;
+                part->partition = m->partition;
+                part->first = m->offset;
+        }
+        part->last = m->offset;
+        c->batch[c->n_batch++] = m;
+        c->batch_bytes += m->len;
+}
+
+/* Adds m, then whatever librdkafka already holds, without waiting, up to the batch limits. */
+static void batch_collect(struct consumer *c, rd_kafka_message_t *m)
+{
+        batch_add(c, m);
+        while (c->n_batch < BATCH_MAX && c->batch_bytes < BATCH_MAX_BYTES && !c->fatal_seen &&
+               !atomic_load(&c->stop)) {
+                m = rd_kafka_consumer_poll(c->rk, 0);
+                if (!m)
+                        break;
+                batch_add(c, m);
+        }
+}
+
+static void batch_clear(struct consumer *c)
+{
+        for (size_t i = 0; i < c->n_batch; i++)
+                rd_kafka_message_destroy(c->batch[i]);
+        c->n_batch = 0;
+        c->batch_bytes = 0;
+        c->n_parts = 0;
+}
+
+/* Records the batch through the pipeline and acknowledges it; when the store fails, nothing of
+ * it is acknowledged: each of its partitions is sought back to its first message in the batch
+ * and held there, and the thread backs off before trying again. */
+static void batch_process(struct consumer *c)
+{
+        bool wake = false;
+        int r;
+
+        if (c->n_batch == 0)
+                return;
+        for (size_t i = 0; i < c->n_batch; i++) {
+                const rd_kafka_message_t *m = c->batch[i];
+
+                snprintf(c->sources[i], sizeof(c->sources[i]), "kafka:%s/%" PRId32 "/%" PRId64,
+                         rd_kafka_topic_name(m->rkt), m->partition, m->offset);
+                c->msgs[i] = (struct pipeline_message){
+                    .source = c->sources[i],
+                    .dedup_key = c->sources[i],
+                    .data = m->payload ? m->payload : "",
+                    .len = m->len,
+                };
+        }
+        r = pipeline_process_batch(c->pipeline, c->msgs, c->n_batch, realtime_ms(), c->results);
         if (r < 0) {
                 if (c->backoff_ms < BACKOFF_FIRST_MS)
                         c->backoff_ms = BACKOFF_FIRST_MS;
-                log_warning("%s: recording the message failed (%s): not acknowledged, trying "
-                            "it again in %" PRId64 " ms",
-                            source, strerror(-r), c->backoff_ms);
-                hold_set(c, m->partition, m->offset);
-                seek_back(c, topic, m->partition, m->offset);
+                log_warning("%s%s: recording %s failed (%s): not acknowledged, trying again in "
+                            "%" PRId64 " ms",
+                            c->sources[0], c->n_batch > 1 ? " and later messages" : "",
+                            c->n_batch > 1 ? "them" : "the message", strerror(-r), c->backoff_ms);
+                for (size_t i = 0; i < c->n_parts; i++) {
+                        const struct batch_part *p = &c->parts[i];
+
+                        hold_set(c, p->partition, p->first);
+                        seek_back(c, p->topic, p->partition, p->first);
+                }
+                batch_clear(c);
                 back_off(c);
                 return;
         }
         c->backoff_ms = 0;
-        hold_drop(c, m->partition);
-        store_offset(c, topic, m->partition, m->offset + 1);
-        if (res.dead)
-                log_warning("%s: dead letter: %s", source, res.reason);
-        if (res.deliveries > 0 && c->deliver)
+        for (size_t i = 0; i < c->n_parts; i++)
+                hold_drop(c, c->parts[i].partition);
+        store_offsets(c);
+        for (size_t i = 0; i < c->n_batch; i++) {
+                if (c->results[i].dead)
+                        log_warning("%s: dead letter: %s", c->sources[i], c->results[i].reason);
+                if (c->results[i].deliveries > 0)
+                        wake = true;
+        }
+        batch_clear(c);
+        if (wake && c->deliver)
                 deliver_wake(c->deliver);
 }
 
@@ -551,8 +666,8 @@ static void *consumer_main(void *arg)
                 m = rd_kafka_consumer_poll(c->rk, POLL_MS);
                 if (!m)
                         continue;
-                handle_message(c, m);
-                rd_kafka_message_destroy(m);
+                batch_collect(c, m);
+                batch_process(c);
         }
         shut_down(c);
         return NULL;

@@ -1,7 +1,8 @@
 /* The one path of every event (see pipeline.h): parse → route → gather → build → queue, or
  * a dead letter. It owns no thread and keeps no state between messages; everything durable
- * goes through one store call per message, so a message is either fully recorded or not at
- * all, and its source may be acknowledged exactly when pipeline_process returns 0. */
+ * goes through one store transaction per call (one message, or a batch of them), so a message
+ * is either fully recorded or not at all, and its source may be acknowledged exactly when
+ * pipeline_process (or pipeline_process_batch) returns 0. */
 #include <errno.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -77,8 +78,12 @@ static int webhook_id(const char *event_id, const char *hook, char **ret)
         if (!out)
                 return -ENOMEM;
         memcpy(out, "msg_", 4);
-        for (unsigned i = 0; i < 16; i++)
-                snprintf(out + 4 + 2 * i, 3, "%02x", md[i]);
+        for (unsigned i = 0; i < 16; i++) {
+                /* Not snprintf: this runs for every delivery, and the formatting showed. */
+                out[4 + 2 * i] = "0123456789abcdef"[md[i] >> 4];
+                out[5 + 2 * i] = "0123456789abcdef"[md[i] & 15];
+        }
+        out[4 + 32] = '\0';
         *ret = out;
         return 0;
 }
@@ -260,50 +265,127 @@ int pipeline_build(struct pipeline *p, const char *source, const char *data, siz
         return parse_and_build(p, source, data, len, now_ms, ret, ret_deliveries, ret_n);
 }
 
+/* A message of a batch while it is built: its outcome and what to store for it. */
+struct built {
+        struct pipeline_result res;
+        struct pipeline_delivery *d;
+        size_t n;
+};
+
+static void built_free(struct built *b, size_t n)
+{
+        if (!b)
+                return;
+        for (size_t i = 0; i < n; i++)
+                pipeline_deliveries_free(b[i].d, b[i].n);
+        free(b);
+}
+
+/* Counts a recorded message's outcome into the metrics. */
+static void count(struct pipeline *p, const struct pipeline_result *res)
+{
+        if (!p->metrics)
+                return;
+        if (res->dead)
+                metrics_event(p->metrics, METRICS_EVENT_DEAD, 1);
+        metrics_event(p->metrics, METRICS_EVENT_IGNORED, res->ignored);
+        metrics_event(p->metrics, METRICS_EVENT_QUEUED, res->events - res->ignored);
+}
+
+/* Stores what b[0..n) built (one transaction) and fills ret_results. */
+static int store_built(struct pipeline *p, const struct pipeline_message *msgs, struct built *b,
+                       size_t n, int64_t now_ms, struct pipeline_result *ret_results)
+{
+        _cleanup_free_ struct store_message *sm = calloc(n, sizeof(*sm));
+        _cleanup_free_ int *results = calloc(n, sizeof(*results));
+        _cleanup_free_ struct store_enqueue *items = NULL;
+        size_t total = 0, k = 0;
+        int r;
+
+        if (!sm || !results)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                total += b[i].n;
+        if (total > 0) {
+                items = calloc(total, sizeof(*items));
+                if (!items)
+                        return -ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+                sm[i].dedup_key = msgs[i].dedup_key;
+                if (b[i].res.dead) {
+                        if (!msgs[i].source)
+                                return -EINVAL; /* a dead letter must say where it came from */
+                        sm[i].dead_source = msgs[i].source;
+                        sm[i].dead_reason = b[i].res.reason;
+                        sm[i].raw = msgs[i].data;
+                        sm[i].raw_len = msgs[i].len;
+                        continue;
+                }
+                sm[i].items = items ? &items[k] : NULL;
+                sm[i].n_items = b[i].n;
+                for (size_t j = 0; j < b[i].n; j++) {
+                        const struct pipeline_delivery *d = &b[i].d[j];
+
+                        items[k++] = (struct store_enqueue){
+                            .hook = d->hook->name,
+                            .account = d->account,
+                            .conversation = d->conversation,
+                            .webhook_id = d->webhook_id,
+                            .body = d->body,
+                            .body_len = d->body_len,
+                            .clear_namespaces = d->clear_namespaces,
+                        };
+                }
+        }
+        r = store_outbox_enqueue_many(p->store, sm, n, now_ms, results);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                struct pipeline_result *res = &b[i].res;
+
+                if (results[i] == -EEXIST) {
+                        memset(res, 0, sizeof(*res));
+                        res->duplicate = true;
+                } else {
+                        count(p, res);
+                }
+                ret_results[i] = *res;
+        }
+        return 0;
+}
+
+int pipeline_process_batch(struct pipeline *p, const struct pipeline_message *msgs, size_t n,
+                           int64_t now_ms, struct pipeline_result *ret_results)
+{
+        struct built *b;
+        int r = 0;
+
+        if (n == 0)
+                return 0;
+        if (!msgs || !ret_results)
+                return -EINVAL;
+        b = calloc(n, sizeof(*b));
+        if (!b)
+                return -ENOMEM;
+        for (size_t i = 0; r == 0 && i < n; i++)
+                r = parse_and_build(p, msgs[i].source, msgs[i].data, msgs[i].len, now_ms, &b[i].res,
+                                    &b[i].d, &b[i].n);
+        if (r == 0)
+                r = store_built(p, msgs, b, n, now_ms, ret_results);
+        built_free(b, n);
+        return r;
+}
+
 int pipeline_process(struct pipeline *p, const char *source, const char *dedup_key,
                      const char *data, size_t len, int64_t now_ms, struct pipeline_result *ret)
 {
+        const struct pipeline_message m = {
+            .source = source, .dedup_key = dedup_key, .data = data, .len = len};
         struct pipeline_result res;
-        struct pipeline_delivery *d = NULL;
-        struct store_enqueue *items = NULL;
-        size_t n = 0;
         int r;
 
-        r = parse_and_build(p, source, data, len, now_ms, &res, &d, &n);
-        if (r < 0)
-                return r;
-        if (res.dead) {
-                r = store_dead_add(p->store, dedup_key, source, res.reason, data, len, now_ms);
-        } else {
-                items = n ? calloc(n, sizeof(*items)) : NULL;
-                if (n && !items) {
-                        pipeline_deliveries_free(d, n);
-                        return -ENOMEM;
-                }
-                for (size_t i = 0; i < n; i++)
-                        items[i] = (struct store_enqueue){
-                            .hook = d[i].hook->name,
-                            .account = d[i].account,
-                            .conversation = d[i].conversation,
-                            .webhook_id = d[i].webhook_id,
-                            .body = d[i].body,
-                            .body_len = d[i].body_len,
-                            .clear_namespaces = d[i].clear_namespaces,
-                        };
-                r = store_outbox_enqueue(p->store, dedup_key, items, n, now_ms);
-                free(items);
-        }
-        pipeline_deliveries_free(d, n);
-        if (r == -EEXIST) {
-                memset(&res, 0, sizeof(res));
-                res.duplicate = true;
-                r = 0;
-        } else if (r == 0 && p->metrics) {
-                if (res.dead)
-                        metrics_event(p->metrics, METRICS_EVENT_DEAD, 1);
-                metrics_event(p->metrics, METRICS_EVENT_IGNORED, res.ignored);
-                metrics_event(p->metrics, METRICS_EVENT_QUEUED, res.events - res.ignored);
-        }
+        r = pipeline_process_batch(p, &m, 1, now_ms, &res);
         if (r < 0)
                 return r;
         if (ret)

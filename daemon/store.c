@@ -580,22 +580,71 @@ static int check_dedup_key(const char *dedup_key)
         return dedup_key ? check_text(dedup_key, STORE_DEDUP_KEY_MAX) : 0;
 }
 
-int store_outbox_enqueue(struct store *s, const char *dedup_key, const struct store_enqueue *items,
-                         size_t n, int64_t now_ms)
+static int check_message(const struct store_message *m)
 {
         int rc;
 
-        if (!s || now_ms < 0 || (n > 0 && !items))
+        if (m->n_items > 0 && !m->items)
                 return -EINVAL;
-        rc = check_dedup_key(dedup_key);
+        rc = check_dedup_key(m->dedup_key);
         if (rc < 0)
                 return rc;
-        for (size_t i = 0; i < n; i++) {
-                rc = check_enqueue(&items[i]);
+        if (m->dead_source) {
+                if (m->n_items > 0 || !m->dead_reason || (!m->raw && m->raw_len > 0))
+                        return -EINVAL;
+                return 0;
+        }
+        for (size_t i = 0; i < m->n_items; i++) {
+                rc = check_enqueue(&m->items[i]);
                 if (rc < 0)
                         return rc;
         }
-        return s->ops->outbox_enqueue(s->impl, dedup_key, items, n, now_ms);
+        return 0;
+}
+
+int store_outbox_enqueue_many(struct store *s, const struct store_message *msgs, size_t n,
+                              int64_t now_ms, int *ret_results)
+{
+        _cleanup_free_ int *results = NULL;
+        int rc;
+
+        if (!s || now_ms < 0 || (n > 0 && (!msgs || !ret_results)))
+                return -EINVAL;
+        if (n == 0)
+                return 0;
+        for (size_t i = 0; i < n; i++) {
+                rc = check_message(&msgs[i]);
+                if (rc < 0)
+                        return rc;
+        }
+        results = calloc(n, sizeof(*results));
+        if (!results)
+                return -ENOMEM;
+        rc = s->ops->outbox_enqueue_many(s->impl, msgs, n, now_ms, results);
+        if (rc < 0)
+                return rc;
+        memcpy(ret_results, results, n * sizeof(*results));
+        return 0;
+}
+
+/* The single-message calls: a batch of one whose -EEXIST becomes the return value. */
+static int enqueue_one(struct store *s, const struct store_message *m, int64_t now_ms)
+{
+        int result = 0;
+        int rc;
+
+        rc = store_outbox_enqueue_many(s, m, 1, now_ms, &result);
+        return rc < 0 ? rc : result;
+}
+
+int store_outbox_enqueue(struct store *s, const char *dedup_key, const struct store_enqueue *items,
+                         size_t n, int64_t now_ms)
+{
+        const struct store_message m = {.dedup_key = dedup_key, .items = items, .n_items = n};
+
+        if (!s)
+                return -EINVAL;
+        return enqueue_one(s, &m, now_ms);
 }
 
 int store_outbox_claim(struct store *s, int64_t now_ms, int64_t lease_ms, size_t limit,
@@ -668,14 +717,15 @@ int store_outbox_next_due(struct store *s, int64_t *ret_ms)
 int store_dead_add(struct store *s, const char *dedup_key, const char *source, const char *reason,
                    const char *raw, size_t raw_len, int64_t now_ms)
 {
-        int rc;
+        const struct store_message m = {.dedup_key = dedup_key,
+                                        .dead_source = source,
+                                        .dead_reason = reason,
+                                        .raw = raw,
+                                        .raw_len = raw_len};
 
-        if (!s || !source || !reason || (!raw && raw_len > 0) || now_ms < 0)
+        if (!s || !source || !reason)
                 return -EINVAL;
-        rc = check_dedup_key(dedup_key);
-        if (rc < 0)
-                return rc;
-        return s->ops->dead_add(s->impl, dedup_key, source, reason, raw, raw_len, now_ms);
+        return enqueue_one(s, &m, now_ms);
 }
 
 int store_dead_list(struct store *s, int64_t after_id, int64_t limit, json_t **ret_array)

@@ -73,8 +73,11 @@ struct store_ops {
          * so the backend stores them as given. outbox_done sets *ret_cleared when it deleted
          * session properties (clear_namespaces), so store.c knows to invalidate cached reads;
          * none of the other operations touches Context API data. */
-        int (*outbox_enqueue)(void *impl, const char *dedup_key, const struct store_enqueue *items,
-                              size_t n, int64_t now_ms);
+        /* store_outbox_enqueue_many (store_outbox_enqueue and store_dead_add are that with n
+         * = 1): results may be written even when it fails; store.c copies them out only on
+         * success. */
+        int (*outbox_enqueue_many)(void *impl, const struct store_message *msgs, size_t n,
+                                   int64_t now_ms, int *results);
         int (*outbox_claim)(void *impl, int64_t now_ms, int64_t lease_ms, size_t limit,
                             struct store_delivery **ret, size_t *ret_n);
         int (*outbox_done)(void *impl, int64_t id, int64_t now_ms, bool *ret_cleared);
@@ -83,8 +86,6 @@ struct store_ops {
         int (*outbox_dead)(void *impl, int64_t id, const char *reason, int64_t now_ms);
         int (*outbox_depth)(void *impl, int64_t *ret);
         int (*outbox_next_due)(void *impl, int64_t *ret_ms);
-        int (*dead_add)(void *impl, const char *dedup_key, const char *source, const char *reason,
-                        const char *raw, size_t raw_len, int64_t now_ms);
         int (*dead_list)(void *impl, int64_t after_id, int64_t limit, json_t **ret_array);
         int (*dead_count)(void *impl, int64_t *ret);
         int (*dead_redrive)(void *impl, int64_t id, int64_t now_ms, char **ret_raw,

@@ -1732,24 +1732,48 @@ static int outbox_insert(struct conn *c, const char *hook, const char *account,
         return run(st);
 }
 
-static int enqueue_tx(struct conn *c, const char *dedup_key, const struct store_enqueue *items,
-                      size_t n, int64_t now_ms)
+/* Records dedup_key; -EEXIST when it was recorded before (this transaction included). */
+static int dedup_add(struct conn *c, const char *dedup_key, int64_t now_ms)
+{
+        sqlite3_stmt *st = c->st[ST_DEDUP_ADD];
+        int rc;
+
+        rc = bind(st, "ti", dedup_key, now_ms);
+        if (rc >= 0)
+                rc = run(st);
+        if (rc < 0)
+                return rc;
+        return sqlite3_changes(c->db) == 0 ? -EEXIST : 0;
+}
+
+static int dead_insert(struct conn *c, const char *source, const char *reason, const char *raw,
+                       size_t raw_len, int64_t now_ms)
+{
+        sqlite3_stmt *st = c->st[ST_DL_INSERT];
+        int rc;
+
+        rc = bind(st, "ttib", source, reason, now_ms, raw ? raw : "", raw_len);
+        if (rc < 0) {
+                sqlite3_reset(st);
+                return rc;
+        }
+        return run(st);
+}
+
+/* One message of a batch: -EEXIST (nothing written) is its result, not a failure. */
+static int message_tx(struct conn *c, const struct store_message *m, int64_t now_ms)
 {
         int rc;
 
-        if (dedup_key) {
-                sqlite3_stmt *st = c->st[ST_DEDUP_ADD];
-
-                rc = bind(st, "ti", dedup_key, now_ms);
-                if (rc >= 0)
-                        rc = run(st);
+        if (m->dedup_key) {
+                rc = dedup_add(c, m->dedup_key, now_ms);
                 if (rc < 0)
                         return rc;
-                if (sqlite3_changes(c->db) == 0)
-                        return -EEXIST;
         }
-        for (size_t i = 0; i < n; i++) {
-                const struct store_enqueue *it = &items[i];
+        if (m->dead_source)
+                return dead_insert(c, m->dead_source, m->dead_reason, m->raw, m->raw_len, now_ms);
+        for (size_t i = 0; i < m->n_items; i++) {
+                const struct store_enqueue *it = &m->items[i];
 
                 rc = outbox_insert(c, it->hook, it->account, it->conversation, it->webhook_id,
                                    it->body, it->body_len, it->clear_namespaces, now_ms);
@@ -1759,8 +1783,23 @@ static int enqueue_tx(struct conn *c, const char *dedup_key, const struct store_
         return 0;
 }
 
-static int sqlite_outbox_enqueue(void *impl, const char *dedup_key,
-                                 const struct store_enqueue *items, size_t n, int64_t now_ms)
+static int enqueue_many_tx(struct conn *c, const struct store_message *msgs, size_t n,
+                           int64_t now_ms, int *results)
+{
+        for (size_t i = 0; i < n; i++) {
+                int rc = message_tx(c, &msgs[i], now_ms);
+
+                /* The dedup key is the first thing a message writes, so an -EEXIST leaves
+                 * nothing of it behind and the batch goes on. */
+                if (rc < 0 && rc != -EEXIST)
+                        return rc;
+                results[i] = rc;
+        }
+        return 0;
+}
+
+static int sqlite_outbox_enqueue_many(void *impl, const struct store_message *msgs, size_t n,
+                                      int64_t now_ms, int *results)
 {
         _cleanup_conn_ struct conn *c = conn_get(impl);
         int rc;
@@ -1768,7 +1807,7 @@ static int sqlite_outbox_enqueue(void *impl, const char *dedup_key,
         rc = write_begin(c);
         if (rc < 0)
                 return rc;
-        return write_end(c, enqueue_tx(c, dedup_key, items, n, now_ms));
+        return write_end(c, enqueue_many_tx(c, msgs, n, now_ms, results));
 }
 
 static void delivery_clear(struct store_delivery *d)
@@ -2051,36 +2090,6 @@ static int sqlite_outbox_next_due(void *impl, int64_t *ret_ms)
 
 /* ---- Dead letters ---- */
 
-static int dead_add_tx(struct conn *c, const char *dedup_key, const char *source,
-                       const char *reason, const char *raw, size_t raw_len, int64_t now_ms)
-{
-        sqlite3_stmt *st;
-        int rc;
-
-        rc = enqueue_tx(c, dedup_key, NULL, 0, now_ms);
-        if (rc < 0)
-                return rc;
-        st = c->st[ST_DL_INSERT];
-        rc = bind(st, "ttib", source, reason, now_ms, raw ? raw : "", raw_len);
-        if (rc < 0) {
-                sqlite3_reset(st);
-                return rc;
-        }
-        return run(st);
-}
-
-static int sqlite_dead_add(void *impl, const char *dedup_key, const char *source,
-                           const char *reason, const char *raw, size_t raw_len, int64_t now_ms)
-{
-        _cleanup_conn_ struct conn *c = conn_get(impl);
-        int rc;
-
-        rc = write_begin(c);
-        if (rc < 0)
-                return rc;
-        return write_end(c, dead_add_tx(c, dedup_key, source, reason, raw, raw_len, now_ms));
-}
-
 static json_t *column_json(sqlite3_stmt *st, int col)
 {
         const void *p = sqlite3_column_blob(st, col);
@@ -2312,14 +2321,13 @@ const struct store_ops store_sqlite_ops = {
     .session_list = sqlite_session_list,
     .session_delete = sqlite_session_delete,
     .sweep = sqlite_sweep,
-    .outbox_enqueue = sqlite_outbox_enqueue,
+    .outbox_enqueue_many = sqlite_outbox_enqueue_many,
     .outbox_claim = sqlite_outbox_claim,
     .outbox_done = sqlite_outbox_done,
     .outbox_retry = sqlite_outbox_retry,
     .outbox_dead = sqlite_outbox_dead,
     .outbox_depth = sqlite_outbox_depth,
     .outbox_next_due = sqlite_outbox_next_due,
-    .dead_add = sqlite_dead_add,
     .dead_list = sqlite_dead_list,
     .dead_count = sqlite_dead_count,
     .dead_redrive = sqlite_dead_redrive,

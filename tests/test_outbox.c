@@ -299,6 +299,183 @@ Test(outbox, a_repeated_dedup_key_writes_nothing)
         cr_assert_eq(depth(), 4);
 }
 
+/* ---- Batches ---- */
+
+Test(outbox, enqueue_many_records_each_message_in_order_in_one_go)
+{
+        struct store_enqueue old = {.hook = "h",
+                                    .account = ACC,
+                                    .conversation = "c0",
+                                    .webhook_id = "w0",
+                                    .body = "{}",
+                                    .body_len = 2};
+        struct store_enqueue two[] = {
+            {.hook = "h",
+             .account = ACC,
+             .conversation = "c1",
+             .webhook_id = "w1",
+             .body = "1",
+             .body_len = 1},
+            {.hook = "h",
+             .account = ACC,
+             .conversation = "c2",
+             .webhook_id = "w2",
+             .body = "2",
+             .body_len = 1},
+        };
+        struct store_enqueue w3 = {.hook = "h",
+                                   .account = ACC,
+                                   .conversation = "c3",
+                                   .webhook_id = "w3",
+                                   .body = "3",
+                                   .body_len = 1};
+        struct store_enqueue w4 = w3, w5 = w3;
+        const struct store_message msgs[] = {
+            {.dedup_key = "k/1", .items = two, .n_items = 2},
+            {.dedup_key = "old", .items = &w3, .n_items = 1}, /* seen before the batch */
+            {.dedup_key = "k/1", .items = &w4, .n_items = 1}, /* seen earlier in the batch */
+            {.dedup_key = "k/3",
+             .dead_source = "kafka:t/0/3",
+             .dead_reason = "bad",
+             .raw = "xyz",
+             .raw_len = 3},
+            {.dedup_key = "k/4"}, /* no hook wanted it */
+            {.items = &w5, .n_items = 1},
+            {.dedup_key = "k/4", .dead_source = "s", .dead_reason = "r", .raw = "q", .raw_len = 1},
+        };
+        const int want[] = {0, -EEXIST, -EEXIST, 0, 0, 0, -EEXIST};
+        int results[7] = {9, 9, 9, 9, 9, 9, 9};
+        struct store_delivery *d = NULL;
+        json_t *dead = NULL;
+        size_t n = 0;
+
+        w4.webhook_id = "w4";
+        w5.webhook_id = "w5";
+        w5.conversation = "c1";
+        cr_assert_eq(store_outbox_enqueue(st, "old", &old, 1, T0), 0);
+        cr_assert_eq(store_outbox_enqueue_many(st, msgs, 7, T0 + 1, results), 0);
+        for (size_t i = 0; i < 7; i++)
+                cr_assert_eq(results[i], want[i], "message %zu: %d, want %d", i, results[i],
+                             want[i]);
+        cr_assert_eq(depth(), 4); /* w0 w1 w2 w5 */
+        cr_assert_eq(dead_count(), 1);
+        cr_assert_eq(store_dead_list(st, 0, 10, &dead), 0);
+        cr_assert_str_eq(json_string_value(json_object_get(json_array_get(dead, 0), "source")),
+                         "kafka:t/0/3");
+        cr_assert_str_eq(json_string_value(json_object_get(json_array_get(dead, 0), "raw")), "xyz");
+        json_decref(dead);
+
+        /* Ids follow the batch order; w5 waits behind w1 in conversation c1. */
+        cr_assert_eq(store_outbox_claim(st, T0 + 1, 30000, 10, &d, &n), 0);
+        cr_assert_eq(n, 3);
+        cr_assert_str_eq(d[0].webhook_id, "w0");
+        cr_assert_str_eq(d[1].webhook_id, "w1");
+        cr_assert_str_eq(d[2].webhook_id, "w2");
+        cr_assert_lt(d[0].id, d[1].id);
+        cr_assert_lt(d[1].id, d[2].id);
+        cr_assert_eq(store_outbox_done(st, d[1].id, T0 + 2), 0);
+        store_deliveries_free(d, n);
+        assert_claim(T0 + 2, 10, "w5");
+
+        /* Every key of the batch is recorded. */
+        cr_assert_eq(store_outbox_enqueue(st, "k/1", NULL, 0, T0 + 3), -EEXIST);
+        cr_assert_eq(store_outbox_enqueue(st, "k/3", NULL, 0, T0 + 3), -EEXIST);
+        cr_assert_eq(store_outbox_enqueue(st, "k/4", NULL, 0, T0 + 3), -EEXIST);
+        /* An empty batch is nothing to do. */
+        cr_assert_eq(store_outbox_enqueue_many(st, NULL, 0, T0, NULL), 0);
+}
+
+/* A failure part-way through a batch (here a trigger that refuses dead letters, after the
+ * batch's first message has been written) undoes the whole batch. */
+Test(outbox, a_failing_batch_writes_nothing)
+{
+        struct store_enqueue it = {.hook = "h",
+                                   .account = ACC,
+                                   .conversation = "c",
+                                   .webhook_id = "w",
+                                   .body = "{}",
+                                   .body_len = 2};
+        const struct store_message msgs[] = {
+            {.dedup_key = "k/1", .items = &it, .n_items = 1},
+            {.dedup_key = "k/2"},
+            {.dedup_key = "k/3", .dead_source = "s", .dead_reason = "r", .raw = "x", .raw_len = 1},
+        };
+        int results[3] = {9, 9, 9};
+        sqlite3 *db = NULL;
+        char *msg = NULL;
+
+        cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+        cr_assert_eq(sqlite3_exec(db,
+                                  "CREATE TRIGGER refuse BEFORE INSERT ON dead_letters BEGIN "
+                                  "SELECT RAISE(ABORT, 'refused'); END",
+                                  NULL, NULL, &msg),
+                     SQLITE_OK, "%s", msg);
+        cr_assert_eq(store_outbox_enqueue_many(st, msgs, 3, T0, results), -EIO);
+        cr_assert_eq(results[0], 9, "results written although the batch failed");
+        cr_assert_eq(depth(), 0);
+        cr_assert_eq(dead_count(), 0);
+
+        /* Nor were the dedup keys kept: the same batch goes through once the cause is gone. */
+        cr_assert_eq(sqlite3_exec(db, "DROP TRIGGER refuse", NULL, NULL, &msg), SQLITE_OK, "%s",
+                     msg);
+        sqlite3_close(db);
+        cr_assert_eq(store_outbox_enqueue_many(st, msgs, 3, T0, results), 0);
+        for (size_t i = 0; i < 3; i++)
+                cr_assert_eq(results[i], 0, "message %zu", i);
+        cr_assert_eq(depth(), 1);
+        cr_assert_eq(dead_count(), 1);
+}
+
+/* A write lock held elsewhere: the batch fails as a whole after the busy timeout. */
+Test(outbox, a_batch_blocked_by_a_lock_fails_and_records_no_key)
+{
+        struct store_options o = {.path = path, .busy_timeout_ms = 50, .pool_size = 1};
+        const struct store_message msgs[] = {{.dedup_key = "k/1"}, {.dedup_key = "k/2"}};
+        struct ch_error err = {{0}};
+        struct store *s2 = NULL;
+        int results[2] = {9, 9};
+        sqlite3 *db = NULL;
+        char *msg = NULL;
+
+        cr_assert_eq(store_open(&o, &s2, &err), 0, "%s", err.msg);
+        cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+        cr_assert_eq(sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, &msg), SQLITE_OK, "%s", msg);
+        cr_assert_eq(store_outbox_enqueue_many(s2, msgs, 2, T0, results), -EIO);
+        cr_assert_eq(results[0], 9);
+        cr_assert_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, &msg), SQLITE_OK, "%s", msg);
+        sqlite3_close(db);
+        cr_assert_eq(store_outbox_enqueue_many(s2, msgs, 2, T0, results), 0);
+        cr_assert_eq(results[0], 0);
+        cr_assert_eq(results[1], 0);
+        s2 = store_close(s2);
+}
+
+/* Bad input anywhere in a batch refuses the whole batch before anything is written. */
+Test(outbox, a_batch_with_a_bad_message_is_refused)
+{
+        struct store_enqueue it = {.hook = "h",
+                                   .account = ACC,
+                                   .conversation = "c",
+                                   .webhook_id = "w",
+                                   .body = "{}",
+                                   .body_len = 2};
+        struct store_message msgs[] = {
+            {.dedup_key = "k/1", .items = &it, .n_items = 1},
+            {.dedup_key = "k/2", .dead_source = "s", .dead_reason = NULL},
+        };
+        int results[2];
+
+        cr_assert_eq(store_outbox_enqueue_many(st, msgs, 2, T0, results), -EINVAL);
+        msgs[1] = (struct store_message){
+            .dead_source = "s", .dead_reason = "r", .items = &it, .n_items = 1};
+        cr_assert_eq(store_outbox_enqueue_many(st, msgs, 2, T0, results), -EINVAL);
+        msgs[1] = (struct store_message){.items = NULL, .n_items = 1};
+        cr_assert_eq(store_outbox_enqueue_many(st, msgs, 2, T0, results), -EINVAL);
+        cr_assert_eq(store_outbox_enqueue_many(st, msgs, 2, T0, NULL), -EINVAL);
+        cr_assert_eq(depth(), 0);
+        cr_assert_eq(store_outbox_enqueue(st, "k/1", &it, 1, T0), 0, "k/1 was recorded");
+}
+
 Test(outbox, dedup_expire_forgets_old_keys_only)
 {
         int64_t deleted = -1;

@@ -340,3 +340,84 @@ Test(pipeline, oversized_messages_are_dead_letters)
         cr_assert(strstr(r.reason, "exceeds"), "%s", r.reason);
         free(big);
 }
+
+/* Everything a store holds after the pipeline: each queued delivery (hook, conversation,
+ * webhook id, body, in id order) and the dead letters, as one text. */
+static char *snapshot(struct store *s)
+{
+        struct store_delivery *d = NULL;
+        json_t *dead = NULL;
+        char *out = NULL, *dead_text;
+        size_t n = 0, size = 0;
+        FILE *f = open_memstream(&out, &size);
+
+        cr_assert_not_null(f);
+        cr_assert_eq(store_outbox_claim(s, NOW + 1000000, 60000, 100, &d, &n), 0);
+        for (size_t i = 0; i < n; i++)
+                fprintf(f, "%s %s %s %.*s\n", d[i].hook, d[i].conversation, d[i].webhook_id,
+                        (int)d[i].body_len, d[i].body);
+        store_deliveries_free(d, n);
+        cr_assert_eq(store_dead_list(s, 0, 100, &dead), 0);
+        dead_text = json_dumps(dead, JSON_COMPACT | JSON_SORT_KEYS);
+        fprintf(f, "%s", dead_text);
+        free(dead_text);
+        json_decref(dead);
+        fclose(f);
+        return out;
+}
+
+Test(pipeline, a_batch_records_the_same_as_one_by_one)
+{
+        enum { N = sizeof(samples) / sizeof(samples[0]) };
+        struct store_options o = {.busy_timeout_ms = 5000, .pool_size = 2};
+        struct pipeline_message msgs[N + 1];
+        struct pipeline_result one[N], batch[N + 1];
+        struct ch_error err = {{0}};
+        struct pipeline *pl2 = NULL;
+        struct store *st2 = NULL;
+        char path2[192], sources[N][64];
+        json_t *note;
+        char *a, *b;
+
+        merge("sample-conv-1", "{\"note\":\"asked for a callback\"}");
+        for (size_t i = 0; i < N; i++)
+                one[i] = process(i, NULL);
+
+        snprintf(path2, sizeof(path2), "%s/batch.db", dir);
+        o.path = path2;
+        cr_assert_eq(store_open(&o, &st2, &err), 0, "%s", err.msg);
+        note = json_pack("{s:s}", "note", "asked for a callback");
+        cr_assert_eq(store_props_merge(st2, ACC, "agentNotes", "sample-conv-1", note, NULL,
+                                       NOW - 1000, NULL),
+                     0);
+        json_decref(note);
+        cr_assert_eq(pipeline_new(st2, NULL, &cfg, &pl2), 0);
+        for (size_t i = 0; i < N; i++) {
+                snprintf(sources[i], sizeof(sources[i]), "kafka:conversation-events/0/%zu", i);
+                msgs[i] = (struct pipeline_message){.source = sources[i],
+                                                    .dedup_key = sources[i],
+                                                    .data = samples[i],
+                                                    .len = strlen(samples[i])};
+        }
+        msgs[N] = msgs[0]; /* the same message again, within the batch */
+        cr_assert_eq(pipeline_process_batch(pl2, msgs, N + 1, NOW, batch), 0);
+        for (size_t i = 0; i < N; i++) {
+                cr_assert_eq(batch[i].events, one[i].events, "sample %zu", i);
+                cr_assert_eq(batch[i].deliveries, one[i].deliveries, "sample %zu", i);
+                cr_assert_eq(batch[i].ignored, one[i].ignored, "sample %zu", i);
+                cr_assert_eq(batch[i].dead, one[i].dead, "sample %zu", i);
+                cr_assert_str_eq(batch[i].reason, one[i].reason, "sample %zu", i);
+                cr_assert_not(batch[i].duplicate);
+        }
+        cr_assert(batch[N].duplicate);
+        cr_assert_eq(batch[N].deliveries, 0);
+
+        a = snapshot(st);
+        b = snapshot(st2);
+        cr_assert_str_eq(b, a);
+        cr_assert_gt(strlen(a), 100, "nothing was queued: %s", a);
+        free(a);
+        free(b);
+        pl2 = pipeline_free(pl2);
+        st2 = store_close(st2);
+}

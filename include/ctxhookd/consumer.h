@@ -1,10 +1,11 @@
-/* The Kafka consumer thread (librdkafka high-level consumer, one consumer group): each message
- * goes through pipeline_process() and its offset is stored (offset + 1,
- * enable.auto.offset.store=false) only once the pipeline has recorded its outcome: at-least-
- * once. A store failure pauses and retries the same message. When the outbox holds more than
- * [delivery] outbox_max deliveries, the assigned partitions are paused until it drains.
- * brokers = "embedded" starts librdkafka's mock cluster in-process and logs its bootstrap
- * address, so a trial needs no Kafka. */
+/* The Kafka consumer thread (librdkafka high-level consumer, one consumer group): the messages
+ * librdkafka already holds (up to 256 or 4 MiB) go through pipeline_process_batch() together,
+ * and their offsets are stored (offset + 1, enable.auto.offset.store=false) only once the
+ * pipeline has recorded their outcome in one transaction: at-least-once. A store failure
+ * holds each partition at its first message of the batch and tries again after a back-off.
+ * When the outbox holds more than [delivery] outbox_max deliveries, the assigned partitions are
+ * paused until it drains. brokers = "embedded" starts librdkafka's mock cluster in-process and logs
+ * its bootstrap address, so a trial needs no Kafka. */
 #ifndef CTXHOOKD_CONSUMER_H
 #define CTXHOOKD_CONSUMER_H
 

@@ -204,6 +204,27 @@ struct store_delivery {
 int store_outbox_enqueue(struct store *s, const char *dedup_key, const struct store_enqueue *items,
                          size_t n, int64_t now_ms);
 
+/* One message for store_outbox_enqueue_many: either its deliveries (items[0..n_items), n_items
+ * may be 0) or, when dead_source is not NULL, a dead letter (as store_dead_add; then n_items
+ * must be 0). */
+struct store_message {
+        const char *dedup_key; /* NULL = no dedup */
+        const struct store_enqueue *items;
+        size_t n_items;
+        const char *dead_source;
+        const char *dead_reason;
+        const char *raw; /* the dead letter's bytes (raw_len of them; NULL when 0) */
+        size_t raw_len;
+};
+
+/* Records msgs[0..n) in ONE write transaction, in order (delivery ids increase in that
+ * order): per message as store_outbox_enqueue or store_dead_add. ret_results[i] gets 0
+ * (recorded) or -EEXIST (its dedup key was recorded before, possibly by an earlier message of
+ * the same batch: nothing was written for it). Any other failure writes nothing at all and is
+ * returned (ret_results untouched). n may be 0. */
+int store_outbox_enqueue_many(struct store *s, const struct store_message *msgs, size_t n,
+                              int64_t now_ms, int *ret_results);
+
 /* Claims up to limit due deliveries (next attempt ≤ now_ms, the oldest of their hook and
  * conversation, not in flight under an unexpired lease), oldest due first. *ret is a new array
  * of *ret_n (possibly 0; then *ret is NULL) entries. */
