@@ -728,9 +728,15 @@ static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value, s
  *   expired on the broker) starts at the beginning of the topic, so no event is lost; a
  *   repeat is harmless (dedup).
  * - Memory stays bounded while consumption is paused or slow: at most
- *   queued.max.messages.kbytes = 16384 (16 MiB) pre-fetched for the whole consumer, refilled
- *   below queued.min.messages = 10000, in fetches of at most fetch.max.bytes = 4 MiB (≥ the
- *   default message.max.bytes; librdkafka still fetches a larger single message whole).
+ *   queued.max.messages.kbytes = 16384 (16 MiB) pre-fetched for the whole consumer, in fetches
+ *   of at most fetch.max.bytes = 4 MiB (≥ the default message.max.bytes; librdkafka still
+ *   fetches a larger single message whole). queued.min.messages keeps librdkafka's default
+ *   (100000): librdkafka 2.0 stops fetching a partition for a whole second once its queue
+ *   reaches that count, and a low count (10000 was tried) capped a plain consumer at ~30k
+ *   messages/s; 16 MiB is the bound that applies first with conversation events.
+ * - With brokers = embedded, fetch.wait.max.ms = 10: the mock broker holds an empty fetch for
+ *   the whole wait (500 ms by default) instead of answering when data arrives, as a real
+ *   broker does, which would make every trial event wait up to half a second.
  * - enable.auto.offset.store = false: an offset is stored only after pipeline_process().
  * - enable.auto.commit = true: librdkafka commits the stored offsets every
  *   auto.commit.interval.ms (5 s by default); revocations and shutdown also commit
@@ -741,7 +747,6 @@ static int make_conf(struct consumer *c, rd_kafka_conf_t **ret, struct ch_error 
             {"client.id", "ctxhookd"},
             {"auto.offset.reset", "earliest"},
             {"queued.max.messages.kbytes", "16384"},
-            {"queued.min.messages", "10000"},
             {"fetch.max.bytes", "4194304"},
         };
         rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -753,6 +758,8 @@ static int make_conf(struct consumer *c, rd_kafka_conf_t **ret, struct ch_error 
         }
         for (size_t i = 0; r == 0 && i < sizeof(defaults) / sizeof(defaults[0]); i++)
                 r = conf_set(conf, defaults[i][0], defaults[i][1], err);
+        if (r == 0 && c->mock)
+                r = conf_set(conf, "fetch.wait.max.ms", "10", err);
         for (size_t i = 0; r == 0 && i < c->cfg->kafka.n_extra; i++) {
                 const struct config_kv *kv = &c->cfg->kafka.extra[i];
 
