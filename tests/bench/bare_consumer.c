@@ -1,6 +1,6 @@
 /* Baseline of the event pipeline benchmark (tests/bench/pipeline_bench.sh): a plain librdkafka
  * high-level consumer with the consumer settings ctxhookd uses (daemon/consumer.c: earliest
- * offsets, 16 MiB / 10000 messages pre-fetched, 4 MiB fetches, offsets stored by hand after
+ * offsets, at most 16 MiB pre-fetched, 4 MiB fetches, offsets stored by hand after
  * each message with one rd_kafka_offsets_store() call as the daemon does, auto-commit on) in a
  * group of its own, reading COUNT messages of the topic as fast as it can and doing nothing
  * else with them. Whatever the daemon's ingest rate falls short of this rate is the cost of
@@ -8,7 +8,7 @@
  * since both read the same broker on the same machine.
  *
  * -X KEY=VALUE sets any librdkafka property after those (as [kafka] extra keys do for the
- * daemon), e.g. queued.min.messages=100000 to see what the daemon's queue limits cost, or
+ * daemon), e.g. queued.max.messages.kbytes=65536 to see what the daemon's queue limit costs, or
  * fetch.wait.max.ms=5 to keep librdkafka's mock broker from holding an empty fetch for the
  * whole 500 ms default (a real broker answers as soon as data arrives; the mock does not).
  *
@@ -227,7 +227,6 @@ int main(int argc, char **argv)
         if (conf_set(conf, "client.id", "bare_consumer") < 0 ||
             conf_set(conf, "auto.offset.reset", "earliest") < 0 ||
             conf_set(conf, "queued.max.messages.kbytes", "16384") < 0 ||
-            conf_set(conf, "queued.min.messages", "10000") < 0 ||
             conf_set(conf, "fetch.max.bytes", "4194304") < 0 ||
             conf_set(conf, "bootstrap.servers", brokers) < 0 ||
             conf_set(conf, "group.id", group) < 0 ||
