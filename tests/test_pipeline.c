@@ -14,32 +14,32 @@
 #define NOW INT64_C(1800000000000)
 #define ACC "12345678"
 
-static const char *const samples[] = {
-    "{\"general\":{\"cbotEventType\":\"SYSTEM_END_CONVERSATION\",\"type\":\"UPSERT\",\"convId\":"
-    "\"sample-conv-1\",\"dialogId\":\"sample-conv-1\",\"startTs\":1764400000001,"
-    "\"serverTimestamp\":1764400000201,\"oldConvState\":\"OPEN\",\"newConvState\":\"CLOSE\","
-    "\"lastMessageComposer\":\"consumer\",\"lastMessageTs\":1764400000101},\"end\":{"
-    "\"closeReason\":\"SYSTEM\"}}",
-    "{\"general\":{\"cbotEventType\":\"AGENT_END_CONVERSATION\",\"type\":\"UPSERT\",\"convId\":"
-    "\"sample-conv-2\",\"dialogId\":\"sample-conv-2\",\"startTs\":1764400000002,"
-    "\"serverTimestamp\":1764400000202,\"oldConvState\":\"OPEN\",\"newConvState\":\"CLOSE\","
-    "\"lastMessageComposer\":\"consumer\",\"lastMessageTs\":1764400000102},\"end\":{"
-    "\"closeReason\":\"AGENT\"}}",
-    "{\"general\":{\"cbotEventType\":\"CONSUMER_NON_RESPONSIVE\",\"type\":\"UPSERT\",\"convId\":"
-    "\"sample-conv-3\",\"dialogId\":\"sample-conv-3\",\"startTs\":1764400000003,"
-    "\"serverTimestamp\":1764400000203,\"oldConvState\":\"OPEN\",\"newConvState\":\"OPEN\","
-    "\"lastMessageComposer\":\"consumer\",\"lastMessageTs\":1764400000103}}",
-    "not json at all",
-    "{\"kind\":\"notification\",\"type\":\"cqm.ExConversationChangeNotification\",\"body\":{"
-    "\"changes\":[{\"type\":\"UPSERT\",\"result\":{\"convId\":\"sample-conv-4\","
-    "\"conversationDetails\":{\"brandId\":\"12345678\",\"skillId\":\"77\",\"state\":\"CLOSE\","
-    "\"stage\":\"CLOSE\",\"closeReason\":\"TIMEOUT\",\"startTs\":1764400000000,"
-    "\"metaDataLastUpdateTs\":1764400005000}}},{\"type\":\"UPSERT\",\"result\":{\"convId\":"
-    "\"sample-conv-5\",\"conversationDetails\":{\"brandId\":\"12345678\",\"skillId\":\"77\","
-    "\"state\":\"OPEN\",\"stage\":\"OPEN\",\"startTs\":1764400000000}}}]}}",
-    "{\"kind\":\"conversation.end\",\"accountId\":\"12345678\",\"conversationId\":"
-    "\"sample-conv-6\",\"closeReason\":\"SYSTEM\",\"time\":1764400000006}",
-};
+/* The six lines of tests/data/events/sample.jsonl (the shared samples, copied into the repo):
+ * three Functions payloads (SYSTEM end, AGENT end, idle), a malformed line, a cqm
+ * notification of two changes (TIMEOUT end, an open conversation), a plain SYSTEM end. */
+#define N_SAMPLES 6
+static char *samples[N_SAMPLES];
+
+static void load_samples(void)
+{
+        const char *src = getenv("CTXHOOKD_SOURCE_DIR");
+        char file[4096];
+        size_t cap = 0;
+        FILE *f;
+
+        snprintf(file, sizeof(file), "%s/tests/data/events/sample.jsonl", src ? src : ".");
+        f = fopen(file, "r");
+        cr_assert_not_null(f, "cannot read %s (set CTXHOOKD_SOURCE_DIR)", file);
+        for (size_t i = 0; i < N_SAMPLES; i++) {
+                ssize_t n = getline(&samples[i], &cap, f);
+
+                cr_assert_gt(n, 1, "%s: line %zu missing", file, i + 1);
+                if (samples[i][n - 1] == '\n')
+                        samples[i][n - 1] = '\0';
+                cap = 0;
+        }
+        fclose(f);
+}
 
 static char dir[64], path[160];
 static struct store *st;
@@ -91,6 +91,7 @@ static void setup(void)
         const char *names[] = {hooks[0].name, hooks[1].name};
         cr_assert_eq(metrics_set_hooks(metrics, names, 2), 0);
         cr_assert_eq(pipeline_new(st, metrics, &cfg, &pl), 0);
+        load_samples();
 }
 
 static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
@@ -104,6 +105,10 @@ static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *
 static void teardown(void)
 {
         pl = pipeline_free(pl);
+        for (size_t i = 0; i < N_SAMPLES; i++) {
+                free(samples[i]);
+                samples[i] = NULL;
+        }
         st = store_close(st);
         metrics = metrics_free(metrics);
         nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
