@@ -33,6 +33,8 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "bench_util.h"
+
 #define POLL_MS   100
 #define EXTRA_MAX 32
 
@@ -40,37 +42,6 @@ static void usage(void)
 {
         fprintf(stderr, "usage: bare_consumer -b BROKERS -t TOPIC -g GROUP -n COUNT "
                         "[-X KEY=VALUE]... [--latency] [--timeout S]\n");
-}
-
-static int parse_ll(const char *s, long long min, long long max, long long *ret)
-{
-        char *end;
-        long long v;
-
-        if (!s)
-                return -EINVAL;
-        errno = 0;
-        v = strtoll(s, &end, 10);
-        if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
-                return -EINVAL;
-        *ret = v;
-        return 0;
-}
-
-static double mono_s(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static long long wall_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static int cmp_ll(const void *a, const void *b)

@@ -23,6 +23,8 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "bench_util.h"
+
 #define SIZE_MAX_BYTES 65536
 #define FLUSH_MS       30000
 #define WATERMARK_MS   5000
@@ -33,37 +35,6 @@ static void usage(void)
 {
         fprintf(stderr, "usage: kafka_produce -b BROKERS -t TOPIC -n COUNT [--rate PER_S] "
                         "[--size BYTES] [--first I]\n");
-}
-
-static int parse_ll(const char *s, long long min, long long max, long long *ret)
-{
-        char *end;
-        long long v;
-
-        if (!s)
-                return -EINVAL;
-        errno = 0;
-        v = strtoll(s, &end, 10);
-        if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
-                return -EINVAL;
-        *ret = v;
-        return 0;
-}
-
-static double mono_s(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static long long wall_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Runs on the thread calling rd_kafka_poll/flush, never concurrently with itself. */
