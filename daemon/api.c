@@ -1,9 +1,10 @@
 /* The HTTP server of ctxhookd on libmicrohttpd: the Context API (LivePerson Context Session
- * Store v1 compatible), /healthz, /readyz and /metrics. Every request runs the same checks in
- * the same order, each answering on its own: route (404) → method (405 + Allow) → API key
- * (403) → declared body size (413) → path and query parameters (400) → body (413 while
- * reading, then 400) → store call (412/503/…). Answers are queued on MHD's last callback of
- * a request, which keeps keep-alive connections open; POST/PUT/PATCH are also checked on the
+ * Store v1 compatible), event ingest (POST /v1/account/{acct}/events, into the same pipeline
+ * as Kafka messages), /healthz, /readyz, /metrics and the admin dead-letter endpoints. Every
+ * request runs the same checks in the same order, each answering on its own: route (404) → method
+ * (405 + Allow) → API key (403) → declared body size (413) → path and query parameters (400) → body
+ * (413 while reading, then 400) → store call (412/503/…). Answers are queued on MHD's last callback
+ * of a request, which keeps keep-alive connections open; POST/PUT/PATCH are also checked on the
  * first one, so a refusal never reads the body. Per-request state lives in a per-connection
  * context, so a request allocates nothing but its response. Every error is JSON
  * {"message": "..."} naming what was wrong; every answer is counted in the metrics, and 5xx
@@ -14,6 +15,8 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -36,6 +39,8 @@
 #include "ctxhookd/route.h"
 
 #define API_KEY_HEADER       "maven-api-key"
+#define IDEMPOTENCY_HEADER   "Idempotency-Key"
+#define IDEMPOTENCY_KEY_MAX  255
 #define CONTENT_TYPE_JSON    "application/json"
 #define CONTENT_TYPE_METRICS "text/plain; version=0.0.4"
 #define TTL_MAX              2147483647
@@ -261,8 +266,9 @@ static enum MHD_Result answer_error(struct call *c, unsigned status, const char 
         return answer_message(c, status, NULL, NULL, text);
 }
 
-/* 200 with v as compact JSON (v is released). */
-static enum MHD_Result answer_json(struct call *c, json_t *v, const char *etag)
+/* status with v as compact JSON (v is released). */
+static enum MHD_Result answer_json_etag(struct call *c, unsigned status, json_t *v,
+                                        const char *etag)
 {
         char *body = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
 
@@ -270,9 +276,19 @@ static enum MHD_Result answer_json(struct call *c, json_t *v, const char *etag)
         if (!body)
                 return answer(c, 500, NULL, NULL);
         return answer(
-            c, MHD_HTTP_OK,
+            c, status,
             make_response(strlen(body), body, MHD_RESPMEM_MUST_FREE, CONTENT_TYPE_JSON, etag),
             NULL);
+}
+
+static enum MHD_Result answer_json(struct call *c, json_t *v, const char *etag)
+{
+        return answer_json_etag(c, MHD_HTTP_OK, v, etag);
+}
+
+static enum MHD_Result answer_json_status(struct call *c, unsigned status, json_t *v)
+{
+        return answer_json_etag(c, status, v, NULL);
 }
 
 static enum MHD_Result answer_no_content(struct call *c, const char *etag)
@@ -997,6 +1013,157 @@ static enum MHD_Result post_redrive(struct call *c, const struct route *rt)
         return answer_json(c, o, NULL);
 }
 
+/* ---- event ingest ---- */
+
+/* The Idempotency-Key header: *ret NULL when absent, else 1-255 printable ASCII characters;
+ * answers 400 itself. */
+static int idempotency_key(struct call *c, const char **ret)
+{
+        const char *v = NULL;
+        size_t len = 0;
+
+        if (MHD_lookup_connection_value_n(c->conn, MHD_HEADER_KIND, IDEMPOTENCY_HEADER,
+                                          strlen(IDEMPOTENCY_HEADER), &v, &len) != MHD_YES ||
+            !v) {
+                *ret = NULL;
+                return 0;
+        }
+        if (len == 0 || len > IDEMPOTENCY_KEY_MAX) {
+                answer_error(c, MHD_HTTP_BAD_REQUEST,
+                             IDEMPOTENCY_HEADER " must be 1 to %d characters, got %zu",
+                             IDEMPOTENCY_KEY_MAX, len);
+                return -EINVAL;
+        }
+        for (size_t i = 0; i < len; i++)
+                if (v[i] < 0x20 || v[i] > 0x7e) {
+                        answer_error(c, MHD_HTTP_BAD_REQUEST,
+                                     IDEMPOTENCY_HEADER
+                                     " must be printable ASCII (byte %zu is 0x%02x)",
+                                     i + 1, (unsigned char)v[i]);
+                        return -EINVAL;
+                }
+        *ret = v;
+        return 0;
+}
+
+/* The event id: "http:<acct>:" and 32 hex digits, of SHA-256(key) when the request has an
+ * Idempotency-Key (a repeat carries the same id, so it gets the same webhook-ids), else random.
+ * Hex, not the key itself: a key holding "#1" would collide with the ids of a notification's
+ * changes ("<id>#N"), and a long key would not fit EVENT_ID_MAX. */
+static int event_id(const char *account, const char *key, char *out, size_t size)
+{
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int md_len = 0;
+        size_t o;
+
+        if (key) {
+                if (EVP_Digest(key, strlen(key), md, &md_len, EVP_sha256(), NULL) != 1 ||
+                    md_len < 16)
+                        return -EIO;
+        } else if (RAND_bytes(md, 16) != 1) {
+                return -EIO;
+        }
+        o = (size_t)snprintf(out, size, "http:%s:", account);
+        if (o + 33 > size)
+                return -E2BIG;
+        for (unsigned i = 0; i < 16; i++) {
+                out[o + 2 * i] = "0123456789abcdef"[md[i] >> 4];
+                out[o + 2 * i + 1] = "0123456789abcdef"[md[i] & 15];
+        }
+        out[o + 32] = '\0';
+        return 0;
+}
+
+/* Every event of the body must be the account's own: its key authorises nothing else, and a
+ * hook would otherwise gather another account's context. */
+static int check_event_accounts(struct call *c, const struct route *rt,
+                                const struct event_batch *batch)
+{
+        for (size_t i = 0; i < batch->n; i++) {
+                char mine[SHOW_MAX], theirs[SHOW_MAX];
+                const char *a = batch->events[i].account;
+
+                if (strcmp(a, rt->account) == 0)
+                        continue;
+                printable(rt->account, strlen(rt->account), mine, sizeof(mine));
+                printable(a, strlen(a), theirs, sizeof(theirs));
+                answer_error(c, MHD_HTTP_FORBIDDEN,
+                             "event %zu of the body is for account '%s': the key of account '%s' "
+                             "submits only that account's events",
+                             i + 1, theirs, mine);
+                return -EPERM;
+        }
+        return 0;
+}
+
+/* One event (any accepted shape) queued like a Kafka message. The body is parsed first, with
+ * the pipeline's own limits, so a bad one is refused (400) with nothing written, never turned
+ * into a dead letter: the caller is there to be told. An Idempotency-Key seen before answers
+ * 202 with "duplicate": true and queues nothing. */
+static enum MHD_Result post_events(struct call *c, const struct route *rt, struct request *rq)
+{
+        struct pipeline_result res = {0};
+        struct event_batch batch = {0};
+        struct pipeline_message m = {0};
+        char id[EVENT_ID_MAX + 1], *dedup = NULL;
+        struct ch_error err = {""};
+        const char *key;
+        size_t events;
+        int64_t now;
+        json_t *o;
+        int r;
+
+        if (!c->api->pipeline)
+                return answer_error(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                    "event ingest is not available in this process");
+        if (idempotency_key(c, &key) < 0)
+                return c->result;
+        if (rq->body.len == 0)
+                return answer_error(c, MHD_HTTP_BAD_REQUEST,
+                                    "request body is empty: send one event as JSON");
+        r = event_id(rt->account, key, id, sizeof(id));
+        if (r < 0)
+                return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR,
+                                    "cannot make an event id: %s", strerror(-r));
+        now = now_ms();
+        r = pipeline_parse(c->api->pipeline, id, rt->account, rq->body.data, rq->body.len, now,
+                           &batch, &err);
+        if (r == -ENOMEM)
+                return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+        if (r == -E2BIG)
+                return answer_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "event not accepted: %s",
+                                    err.msg);
+        if (r < 0)
+                return answer_error(c, MHD_HTTP_BAD_REQUEST, "event not accepted: %s", err.msg);
+        events = batch.n;
+        r = check_event_accounts(c, rt, &batch);
+        event_batch_free(&batch);
+        if (r < 0)
+                return c->result;
+
+        if (key && asprintf(&dedup, "http:%s:%s", rt->account, key) < 0)
+                return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+        m = (struct pipeline_message){.source = id,
+                                      .dedup_key = dedup,
+                                      .data = rq->body.data,
+                                      .len = rq->body.len,
+                                      .default_account = rt->account};
+        r = pipeline_process_batch(c->api->pipeline, &m, 1, now, &res);
+        free(dedup);
+        if (r < 0)
+                return answer_store_error(c, r, "the event");
+        if (res.dead) /* cannot happen after the same parse: say so rather than claim 202 */
+                return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR,
+                                    "the event became a dead letter: %s", res.reason);
+        if (res.deliveries > 0 && c->api->deliver)
+                deliver_wake(c->api->deliver);
+        o = json_pack("{s:s, s:I, s:I, s:b}", "id", id, "events", (json_int_t)events, "deliveries",
+                      (json_int_t)res.deliveries, "duplicate", res.duplicate);
+        if (!o)
+                return answer(c, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL);
+        return answer_json_status(c, MHD_HTTP_ACCEPTED, o);
+}
+
 /* GET/HEAD/DELETE: everything is known on the first callback. */
 static enum MHD_Result dispatch_bodiless(struct call *c, const struct route *rt,
                                          enum route_method m)
@@ -1007,6 +1174,7 @@ static enum MHD_Result dispatch_bodiless(struct call *c, const struct route *rt,
         case ROUTE_ACCOUNT:
                 return get_account(c, rt);
         case ROUTE_NAMESPACE:
+        case ROUTE_EVENTS: /* DELETE is the namespace "events"'s (route.h) */
                 return delete_namespace(c, rt);
         case ROUTE_NS_PROPS:
         case ROUTE_SESSION_PROPS:
@@ -1048,6 +1216,8 @@ static enum MHD_Result dispatch_body(struct call *c, const struct route *rt, str
                 return post_sessions(c, rt, rq);
         case ROUTE_DEAD_LETTER_REDRIVE:
                 return post_redrive(c, rt);
+        case ROUTE_EVENTS:
+                return post_events(c, rt, rq);
         default:
                 return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "no handler for %s",
                                     route_resource_name(rt->resource));
@@ -1110,7 +1280,7 @@ static int check_request(struct call *c, struct route *rt, struct request *rq)
         r = check_names(c, rt, rq);
         if (r < 0)
                 return r;
-        if (rq->method == ROUTE_M_POST)
+        if (rq->method == ROUTE_M_POST && rt->resource != ROUTE_EVENTS)
                 return check_decimal_arg(c, "ttlSecond", 0, TTL_MAX, &rq->ttl);
         return 0;
 }

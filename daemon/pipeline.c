@@ -232,9 +232,10 @@ static int build_all(struct pipeline *p, const struct event_batch *batch, int64_
 }
 
 /* Parses and builds; a message that cannot be parsed gives res->dead with the reason. */
-static int parse_and_build(struct pipeline *p, const char *source, const char *data, size_t len,
-                           int64_t now_ms, struct pipeline_result *res,
-                           struct pipeline_delivery **ret, size_t *ret_n)
+static int parse_and_build(struct pipeline *p, const char *source, const char *default_account,
+                           const char *data, size_t len, int64_t now_ms,
+                           struct pipeline_result *res, struct pipeline_delivery **ret,
+                           size_t *ret_n)
 {
         struct event_batch batch = {0};
         struct ch_error err = {{0}};
@@ -243,8 +244,7 @@ static int parse_and_build(struct pipeline *p, const char *source, const char *d
         memset(res, 0, sizeof(*res));
         *ret = NULL;
         *ret_n = 0;
-        r = event_parse(data, len, (size_t)p->cfg->kafka.max_message_bytes, source,
-                        p->cfg->kafka.account, now_ms, &batch, &err);
+        r = pipeline_parse(p, source, default_account, data, len, now_ms, &batch, &err);
         if (r == -ENOMEM)
                 return r; /* not the message's fault: it is not a dead letter */
         if (r < 0) {
@@ -258,11 +258,20 @@ static int parse_and_build(struct pipeline *p, const char *source, const char *d
         return r;
 }
 
+int pipeline_parse(struct pipeline *p, const char *source, const char *default_account,
+                   const char *data, size_t len, int64_t now_ms, struct event_batch *ret,
+                   struct ch_error *err)
+{
+        return event_parse(data, len, (size_t)p->cfg->kafka.max_message_bytes, source,
+                           default_account ? default_account : p->cfg->kafka.account, now_ms, ret,
+                           err);
+}
+
 int pipeline_build(struct pipeline *p, const char *source, const char *data, size_t len,
                    int64_t now_ms, struct pipeline_result *ret,
                    struct pipeline_delivery **ret_deliveries, size_t *ret_n)
 {
-        return parse_and_build(p, source, data, len, now_ms, ret, ret_deliveries, ret_n);
+        return parse_and_build(p, source, NULL, data, len, now_ms, ret, ret_deliveries, ret_n);
 }
 
 /* A message of a batch while it is built: its outcome and what to store for it. */
@@ -369,8 +378,8 @@ int pipeline_process_batch(struct pipeline *p, const struct pipeline_message *ms
         if (!b)
                 return -ENOMEM;
         for (size_t i = 0; r == 0 && i < n; i++)
-                r = parse_and_build(p, msgs[i].source, msgs[i].data, msgs[i].len, now_ms, &b[i].res,
-                                    &b[i].d, &b[i].n);
+                r = parse_and_build(p, msgs[i].source, msgs[i].default_account, msgs[i].data,
+                                    msgs[i].len, now_ms, &b[i].res, &b[i].d, &b[i].n);
         if (r == 0)
                 r = store_built(p, msgs, b, n, now_ms, ret_results);
         built_free(b, n);

@@ -2,7 +2,8 @@
  * place and matches them against the fixed set of resources. Pure and allocation-free, so the
  * request path pays a copy and a few string compares, and the fuzzer can drive it alone.
  * Ambiguities are settled in one place, match_account_route(): a namespace-level route wins
- * over a session-level one, so "/{ns}/properties/x" is always the namespace property x. */
+ * over a session-level one, so "/{ns}/properties/x" is always the namespace property x, and
+ * "/{acct}/events" is ROUTE_EVENTS (ingest, or the namespace "events" for a DELETE). */
 #include <errno.h>
 #include <string.h>
 
@@ -30,6 +31,7 @@ static const unsigned allowed[ROUTE__COUNT] = {
     [ROUTE_DEAD_LETTERS] = ROUTE_M_GET | ROUTE_M_HEAD,
     [ROUTE_DEAD_LETTER] = ROUTE_M_DELETE,
     [ROUTE_DEAD_LETTER_REDRIVE] = ROUTE_M_POST,
+    [ROUTE_EVENTS] = ROUTE_M_POST | ROUTE_M_DELETE,
 };
 
 /* Kept in step with `allowed` by test_route.c, which rebuilds each string from the bits. */
@@ -51,6 +53,7 @@ static const char *const allow_headers[ROUTE__COUNT] = {
     [ROUTE_DEAD_LETTERS] = "GET, HEAD",
     [ROUTE_DEAD_LETTER] = "DELETE",
     [ROUTE_DEAD_LETTER_REDRIVE] = "POST",
+    [ROUTE_EVENTS] = "POST, DELETE",
 };
 
 static const char *const names[ROUTE__COUNT] = {
@@ -71,6 +74,7 @@ static const char *const names[ROUTE__COUNT] = {
     [ROUTE_DEAD_LETTERS] = "dead_letters",
     [ROUTE_DEAD_LETTER] = "dead_letter",
     [ROUTE_DEAD_LETTER_REDRIVE] = "dead_letter_redrive",
+    [ROUTE_EVENTS] = "events",
 };
 
 enum route_method route_method_from_string(const char *method)
@@ -107,7 +111,8 @@ static void match_account_route(char **seg, size_t n, struct route *r)
                 return;
         case 2:
                 r->ns = seg[1];
-                r->resource = ROUTE_NAMESPACE;
+                /* Which of the two the caller serves depends on the method (route.h). */
+                r->resource = eq(seg[1], "events") ? ROUTE_EVENTS : ROUTE_NAMESPACE;
                 return;
         case 3:
                 r->ns = seg[1];

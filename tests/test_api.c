@@ -2,8 +2,9 @@
  * key, api_start on 127.0.0.1:0, and libcurl (plus a raw socket where curl would hide what
  * goes over the wire) against every endpoint: success shapes, every error status with its JSON
  * message, "bad input never changes stored data", ETag/If-Match, body limits with
- * Content-Length and chunked, 503 from a store locked past its busy timeout, metrics, and a
- * graceful stop with a request in flight. */
+ * Content-Length and chunked, 503 from a store locked past its busy timeout, metrics, a
+ * graceful stop with a request in flight, the admin endpoints, and event ingest (a real
+ * pipeline over a hand-made config; the outbox is read back from the store). */
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <errno.h>
@@ -28,6 +29,7 @@
 #include "ctxhookd/api.h"
 #include "ctxhookd/apikey.h"
 #include "ctxhookd/metrics.h"
+#include "ctxhookd/pipeline.h"
 #include "ctxhookd/route.h"
 #include "ctxhookd/store.h"
 
@@ -44,6 +46,7 @@ static struct {
         struct store *store;
         struct metrics *metrics;
         struct api *api;
+        struct pipeline *pipeline; /* event ingest tests only */
         unsigned port;
         char key[APIKEY_TEXT_LEN + 1];       /* ACCT's */
         char other_key[APIKEY_TEXT_LEN + 1]; /* OTHER's */
@@ -123,6 +126,7 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 static void teardown(void)
 {
         fx.api = api_stop(fx.api);
+        fx.pipeline = pipeline_free(fx.pipeline);
         fx.store = store_close(fx.store);
         fx.metrics = metrics_free(fx.metrics);
         for (size_t i = 0; i < fx.n_allocs; i++)
@@ -1564,4 +1568,394 @@ Test(api, readyz_asks_the_service)
         assert_error(&r, 503, "not ready: no Kafka partitions assigned yet", "readyz");
         r = http(&(struct req){.method = "GET", .path = "/healthz"});
         cr_assert_eq(r.status, 200);
+}
+
+/* ---- event ingest: POST /v1/account/{acct}/events ---- */
+
+#define EVENTS    "/v1/account/" ACCT "/events"
+#define MAX_EVENT 2048 /* [kafka] max_message_bytes: below MAX_BODY, so both limits show */
+#define END_EVENT                                                                                  \
+        "{\"kind\":\"conversation.end\",\"conversationId\":\"s1\",\"closeReason\":\"SYSTEM\"}"
+#define IDLE_EVENT "{\"kind\":\"conversation.idle\",\"conversationId\":\"s1\"}"
+
+static char *ingest_ns[] = {"notes", NULL};
+static struct config_hook ingest_hook = {
+    .name = "on-end",
+    .on = EVENT_END,
+    .namespaces = ingest_ns,
+    .url = "http://127.0.0.1:9/fn",
+    .secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    .bearer_token = "",
+    .timeout_ms = 5000,
+    .max_attempts = 3,
+};
+/* No [kafka] account: an event without one can only get the path's. */
+static struct config ingest_cfg = {
+    .hooks = &ingest_hook, .n_hooks = 1, .kafka = {.account = "", .max_message_bytes = MAX_EVENT}};
+
+static void start_ingest(void)
+{
+        struct api_options ao = {.listen = "127.0.0.1:0",
+                                 .max_body = MAX_BODY,
+                                 .threads = 2,
+                                 .max_connections = 64,
+                                 .connection_timeout_s = 30};
+        struct ch_error err = {""};
+        int r;
+
+        fx.api = api_stop(fx.api);
+        cr_assert_eq(pipeline_new(fx.store, fx.metrics, &ingest_cfg, &fx.pipeline), 0);
+        ao.pipeline = fx.pipeline;
+        r = api_start(&ao, fx.store, fx.metrics, &fx.api, &err);
+        cr_assert_eq(r, 0, "api_start: %d %s", r, err.msg);
+        fx.port = api_port(fx.api);
+}
+
+static int64_t outbox_depth(void)
+{
+        int64_t n = -1;
+
+        cr_assert_eq(store_outbox_depth(fx.store, &n), 0);
+        return n;
+}
+
+static int64_t dead_count(void)
+{
+        int64_t n = -1;
+
+        cr_assert_eq(store_dead_count(fx.store, &n), 0);
+        return n;
+}
+
+/* POSTs body to path with ACCT's key and the Idempotency-Key key (NULL = none). */
+static struct resp ingest(const char *path, const char *body, const char *key)
+{
+        char line[512];
+
+        if (key)
+                snprintf(line, sizeof(line), "Idempotency-Key: %s", key);
+        return http(&(struct req){.method = "POST",
+                                  .path = path,
+                                  .key = fx.key,
+                                  .body = body,
+                                  .extra = key ? line : NULL});
+}
+
+/* A 202 answer: checks its shape and returns the event id (tracked). */
+static char *accepted(const struct resp *r, json_int_t events, json_int_t deliveries, bool dup)
+{
+        json_t *v;
+        const char *id;
+        char *out;
+
+        cr_assert_eq(r->rc, CURLE_OK);
+        cr_assert_eq(r->status, 202, "status %ld: %s", r->status, r->body);
+        cr_assert_str_eq(r->ctype, "application/json");
+        v = parse(r);
+        cr_assert_eq(json_object_size(v), 4, "%s", r->body);
+        id = json_string_value(json_object_get(v, "id"));
+        cr_assert_not_null(id, "%s", r->body);
+        cr_assert_eq(strncmp(id, "http:" ACCT ":", strlen("http:" ACCT ":")), 0, "id %s", id);
+        cr_assert_eq(strlen(id), strlen("http:" ACCT ":") + 32, "id %s", id);
+        cr_assert_eq(strspn(id + strlen("http:" ACCT ":"), "0123456789abcdef"), 32, "id %s", id);
+        cr_assert_eq(json_integer_value(json_object_get(v, "events")), events, "%s", r->body);
+        cr_assert_eq(json_integer_value(json_object_get(v, "deliveries")), deliveries, "%s",
+                     r->body);
+        cr_assert(json_is_boolean(json_object_get(v, "duplicate")), "%s", r->body);
+        cr_assert_eq(json_is_true(json_object_get(v, "duplicate")), dup, "%s", r->body);
+        out = track(strdup(id));
+        json_decref(v);
+        return out;
+}
+
+Test(api, ingest_queues_the_event_with_its_context)
+{
+        struct store_delivery *d = NULL;
+        size_t n = 0;
+        struct resp r;
+        json_t *body, *payload, *event;
+        char *id;
+
+        seed();
+        start_ingest();
+        r = ingest(EVENTS, END_EVENT, NULL);
+        id = accepted(&r, 1, 1, false);
+        cr_assert_eq(outbox_depth(), 1);
+        cr_assert_eq(store_outbox_claim(fx.store, INT64_MAX / 2, 60000, 10, &d, &n), 0);
+        cr_assert_eq(n, 1);
+        cr_assert_str_eq(d[0].hook, "on-end");
+        cr_assert_str_eq(d[0].account, ACCT, "an event without an account gets the path's");
+        cr_assert_str_eq(d[0].conversation, "s1");
+        body = json_loadb(d[0].body, d[0].body_len, 0, NULL);
+        cr_assert_not_null(body);
+        payload = json_object_get(body, "payload");
+        event = json_object_get(payload, "event");
+        cr_assert_str_eq(json_string_value(json_object_get(event, "id")), id);
+        cr_assert_str_eq(json_string_value(json_object_get(event, "accountId")), ACCT);
+        cr_assert_str_eq(json_string_value(json_object_get(event, "kind")), "conversation.end");
+        cr_assert_str_eq(json_string_value(json_object_get(event, "closeReason")), "SYSTEM");
+        /* The context came from the store, so the hook saw ACCT's data. */
+        cr_assert_str_eq(
+            json_string_value(json_object_get(
+                json_object_get(json_object_get(json_object_get(payload, "context"), "notes"),
+                                "session"),
+                "color")),
+            "red", "%.*s", (int)d[0].body_len, d[0].body);
+        json_decref(body);
+        store_deliveries_free(d, n);
+
+        /* An event no hook wants is accepted and queues nothing. */
+        r = ingest(EVENTS, IDLE_EVENT, NULL);
+        accepted(&r, 1, 0, false);
+        cr_assert_eq(outbox_depth(), 1);
+        /* The account may also be named, as long as it is the path's. */
+        r = ingest(EVENTS,
+                   "{\"kind\":\"conversation.end\",\"accountId\":\"" ACCT
+                   "\",\"conversationId\":\"s2\",\"closeReason\":\"AGENT\"}",
+                   NULL);
+        accepted(&r, 1, 1, false);
+        cr_assert_eq(outbox_depth(), 2);
+        cr_assert_eq(dead_count(), 0);
+
+        r = http(&(struct req){.method = "GET", .path = "/metrics"});
+        cr_assert_eq(metric(r.body, "ctxhookd_http_requests_total{code=\"202\"}"), 3);
+        cr_assert_eq(metric(r.body, "ctxhookd_events_total{result=\"queued\"}"), 2);
+        cr_assert_eq(metric(r.body, "ctxhookd_events_total{result=\"ignored\"}"), 1);
+}
+
+Test(api, ingest_idempotency_key_queues_once)
+{
+        struct resp r;
+        char *a, *b;
+
+        start_ingest();
+        r = ingest(EVENTS, END_EVENT, "order-42");
+        a = accepted(&r, 1, 1, false);
+        r = ingest(EVENTS, END_EVENT, "order-42");
+        b = accepted(&r, 1, 0, true);
+        cr_assert_str_eq(a, b, "a repeat must name the same event");
+        cr_assert_eq(outbox_depth(), 1);
+        /* Even with another body: the key alone says "seen". */
+        r = ingest(EVENTS, IDLE_EVENT, "order-42");
+        accepted(&r, 1, 0, true);
+        cr_assert_eq(outbox_depth(), 1);
+
+        /* Another key is another event. */
+        r = ingest(EVENTS, END_EVENT, "order-43");
+        b = accepted(&r, 1, 1, false);
+        cr_assert_str_neq(a, b);
+        cr_assert_eq(outbox_depth(), 2);
+
+        /* Without a key every request is new, with an id of its own. */
+        r = ingest(EVENTS, END_EVENT, NULL);
+        a = accepted(&r, 1, 1, false);
+        r = ingest(EVENTS, END_EVENT, NULL);
+        b = accepted(&r, 1, 1, false);
+        cr_assert_str_neq(a, b);
+        cr_assert_eq(outbox_depth(), 4);
+
+        /* Keys are per account: OTHER's "order-42" is not ACCT's. */
+        r = http(&(struct req){.method = "POST",
+                               .path = "/v1/account/" OTHER "/events",
+                               .key = fx.other_key,
+                               .body = END_EVENT,
+                               .extra = "Idempotency-Key: order-42"});
+        cr_assert_eq(r.status, 202, "%s", r.body);
+        cr_assert_not_null(strstr(r.body, "\"duplicate\":false"), "%s", r.body);
+        cr_assert_eq(outbox_depth(), 5);
+        cr_assert_eq(dead_count(), 0);
+}
+
+Test(api, ingest_refuses_a_bad_event_and_queues_nothing)
+{
+        static const struct {
+                const char *body;
+                const char *want;
+        } cases[] = {
+            {"{\"kind\":", "not valid JSON"},
+            {"not json at all", "not valid JSON"},
+            {"[1,2]", NULL},
+            {"{\"kind\":\"conversation.bogus\",\"conversationId\":\"s1\"}", "conversation.bogus"},
+            {"{\"kind\":\"conversation.end\",\"closeReason\":\"SYSTEM\"}", "conversationId"},
+            {"{\"general\":{\"cbotEventType\":\"NO_SUCH_TYPE\",\"convId\":\"c\"}}", "NO_SUCH_TYPE"},
+            /* A kcat -J envelope is a replay log's, not an event. */
+            {"{\"topic\":\"t\",\"partition\":0,\"offset\":1,\"key\":null,\"payload\":"
+             "\"{\\\"kind\\\":\\\"conversation.end\\\",\\\"conversationId\\\":\\\"s1\\\"}\"}",
+             NULL},
+        };
+        struct resp r;
+
+        start_ingest();
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                r = ingest(EVENTS, cases[i].body, "k1");
+                assert_error(&r, 400, cases[i].want, cases[i].body);
+                cr_assert_not_null(strstr(r.body, "event not accepted"), "%s", r.body);
+        }
+        r = ingest(EVENTS, "", NULL);
+        assert_error(&r, 400, "request body is empty", "empty body");
+        cr_assert_eq(outbox_depth(), 0, "a refused event was queued");
+        cr_assert_eq(dead_count(), 0, "a refused event became a dead letter");
+        /* A refused request does not use up its Idempotency-Key. */
+        r = ingest(EVENTS, END_EVENT, "k1");
+        accepted(&r, 1, 1, false);
+        cr_assert_eq(outbox_depth(), 1);
+}
+
+Test(api, ingest_checks_the_idempotency_key)
+{
+        char long_key[300], line[400];
+        struct resp r;
+
+        start_ingest();
+        memset(long_key, 'k', 256);
+        long_key[256] = '\0';
+        r = ingest(EVENTS, END_EVENT, long_key);
+        assert_error(&r, 400, "Idempotency-Key must be 1 to 255 characters, got 256", "long key");
+        r = http(&(struct req){.method = "POST",
+                               .path = EVENTS,
+                               .key = fx.key,
+                               .body = END_EVENT,
+                               .extra = "Idempotency-Key;"}); /* curl: the header, empty */
+        assert_error(&r, 400, "Idempotency-Key must be 1 to 255 characters, got 0", "empty key");
+        r = ingest(EVENTS, END_EVENT, "caf\xc3\xa9");
+        assert_error(&r, 400, "Idempotency-Key must be printable ASCII (byte 4 is 0xc3)",
+                     "non-ASCII key");
+        cr_assert_eq(outbox_depth(), 0);
+        /* 255 is fine, spaces included, and the header name is case-insensitive. */
+        long_key[255] = '\0';
+        long_key[3] = ' ';
+        r = ingest(EVENTS, END_EVENT, long_key);
+        accepted(&r, 1, 1, false);
+        snprintf(line, sizeof(line), "idempotency-key: %s", long_key);
+        r = http(&(struct req){
+            .method = "POST", .path = EVENTS, .key = fx.key, .body = END_EVENT, .extra = line});
+        accepted(&r, 1, 0, true);
+        cr_assert_eq(outbox_depth(), 1);
+}
+
+Test(api, ingest_refuses_another_accounts_event)
+{
+        struct resp r;
+
+        start_ingest();
+        r = ingest(EVENTS,
+                   "{\"kind\":\"conversation.end\",\"accountId\":\"" OTHER
+                   "\",\"conversationId\":\"s1\"}",
+                   "k");
+        assert_error(&r, 403, "event 1 of the body is for account 'other'", "other account");
+        /* A notification: the second change is another account's, so none is taken. */
+        r = ingest(EVENTS,
+                   "{\"type\":\"cqm.ExConversationChangeNotification\",\"body\":{\"changes\":["
+                   "{\"result\":{\"convId\":\"c1\",\"conversationDetails\":{\"brandId\":\"" ACCT
+                   "\",\"state\":\"CLOSE\",\"closeReason\":\"SYSTEM\"}}},"
+                   "{\"result\":{\"convId\":\"c2\",\"conversationDetails\":{\"brandId\":\"" OTHER
+                   "\",\"state\":\"CLOSE\",\"closeReason\":\"SYSTEM\"}}}]}}",
+                   NULL);
+        assert_error(&r, 403, "event 2 of the body is for account 'other'", "mixed notification");
+        cr_assert_eq(outbox_depth(), 0);
+        cr_assert_eq(dead_count(), 0);
+        /* The same notification with both changes ACCT's: two events, two deliveries. */
+        r = ingest(EVENTS,
+                   "{\"type\":\"cqm.ExConversationChangeNotification\",\"body\":{\"changes\":["
+                   "{\"result\":{\"convId\":\"c1\",\"conversationDetails\":{\"brandId\":\"" ACCT
+                   "\",\"state\":\"CLOSE\",\"closeReason\":\"SYSTEM\"}}},"
+                   "{\"result\":{\"convId\":\"c2\",\"conversationDetails\":{\"brandId\":\"" ACCT
+                   "\",\"state\":\"CLOSE\",\"closeReason\":\"SYSTEM\"}}}]}}",
+                   "k");
+        accepted(&r, 2, 2, false);
+        cr_assert_eq(outbox_depth(), 2);
+}
+
+Test(api, ingest_needs_the_accounts_key)
+{
+        struct resp r;
+
+        start_ingest();
+        r = http(&(struct req){.method = "POST", .path = EVENTS, .body = END_EVENT});
+        assert_error(&r, 403, "missing maven-api-key header", "no key");
+        r = http(&(struct req){
+            .method = "POST", .path = EVENTS, .key = fx.other_key, .body = END_EVENT});
+        assert_error(&r, 403, "invalid maven-api-key for account acct", "other's key");
+        r = http(&(struct req){.method = "POST",
+                               .path = "/v1/account/nobody/events",
+                               .key = fx.key,
+                               .body = END_EVENT});
+        assert_error(&r, 403, "invalid maven-api-key for account nobody", "unknown account");
+        cr_assert_eq(outbox_depth(), 0);
+}
+
+Test(api, ingest_method_and_size_limits)
+{
+        char big[MAX_BODY + 100], event[MAX_EVENT + 200];
+        struct resp r;
+        int n;
+
+        start_ingest();
+        r = http(&(struct req){.method = "GET", .path = EVENTS, .key = fx.key});
+        assert_error(&r, 405, "method GET is not allowed here; allowed: POST, DELETE", "GET");
+        cr_assert_str_eq(r.allow, "POST, DELETE");
+        r = http(&(struct req){.method = "PUT", .path = EVENTS, .key = fx.key, .body = END_EVENT});
+        assert_error(&r, 405, "method PUT is not allowed here", "PUT");
+
+        /* Over [api] max_body: refused before reading, with either framing. */
+        memset(big, ' ', sizeof(big) - 1);
+        big[sizeof(big) - 1] = '\0';
+        r = ingest(EVENTS, big, NULL);
+        assert_error(&r, 413, "exceeds the limit of 4096 bytes", "max_body");
+        r = http(&(struct req){
+            .method = "POST", .path = EVENTS, .key = fx.key, .body = big, .chunked = true});
+        assert_error(&r, 413, "exceeds the limit of 4096 bytes", "max_body chunked");
+        /* Within max_body but over [kafka] max_message_bytes: the pipeline's own limit. */
+        n = snprintf(event, sizeof(event),
+                     "{\"kind\":\"conversation.end\",\"conversationId\":\"s1\",\"pad\":\"%0*d\"}",
+                     MAX_EVENT, 0);
+        cr_assert_lt((size_t)n, sizeof(event));
+        r = ingest(EVENTS, event, NULL);
+        assert_error(&r, 413, "event not accepted", "max_message_bytes");
+        cr_assert_eq(outbox_depth(), 0);
+        cr_assert_eq(dead_count(), 0);
+}
+
+Test(api, delete_on_events_is_still_the_namespace)
+{
+        struct resp r;
+
+        start_ingest();
+        req_ok("POST", "/v1/account/" ACCT, "{\"name\":\"events\"}", 204);
+        req_ok("PUT", "/v1/account/" ACCT "/events/properties/p", "1", 204);
+        r = ingest(EVENTS, END_EVENT, NULL);
+        accepted(&r, 1, 1, false);
+        r = req_ok("GET", "/v1/account/" ACCT "/events/properties", NULL, 200);
+        assert_json_eq(&r, "{\"p\":1}", "ingest left the namespace alone");
+        req_ok("DELETE", EVENTS, NULL, 204);
+        r = req_ok("GET", "/v1/account/" ACCT, NULL, 200);
+        assert_json_eq(&r, "[]", "DELETE removed the namespace \"events\"");
+        cr_assert_eq(outbox_depth(), 1, "DELETE touched the outbox");
+}
+
+Test(api, ingest_without_a_pipeline_is_503)
+{
+        struct resp r = ingest(EVENTS, END_EVENT, "k");
+
+        assert_error(&r, 503, "event ingest is not available in this process", "no pipeline");
+        cr_assert_eq(outbox_depth(), 0);
+}
+
+Test(api, ingest_store_unavailable_is_503)
+{
+        sqlite3 *db;
+        struct resp r;
+
+        start_ingest();
+        cr_assert_eq(sqlite3_open(fx.db, &db), SQLITE_OK);
+        cr_assert_eq(sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+        r = ingest(EVENTS, END_EVENT, "k");
+        assert_error(&r, 503, "store unavailable", "ingest while locked");
+        cr_assert_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+        cr_assert_eq(outbox_depth(), 0);
+        /* Nothing was recorded, the key included: the retry is taken. */
+        r = ingest(EVENTS, END_EVENT, "k");
+        accepted(&r, 1, 1, false);
+        cr_assert_eq(outbox_depth(), 1);
 }

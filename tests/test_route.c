@@ -319,3 +319,30 @@ Test(route, admin_dead_letters)
         cr_assert_eq(route_allowed(ROUTE_DEAD_LETTER), ROUTE_M_DELETE);
         cr_assert_eq(route_allowed(ROUTE_DEAD_LETTER_REDRIVE), ROUTE_M_POST);
 }
+
+/* POST /v1/account/{acct}/events is ingest, but "events" is also a namespace name like any
+ * other: DELETE there must still delete it, and its deeper routes are untouched. */
+Test(route, events_is_ingest_and_still_a_namespace)
+{
+        expect_route("/v1/account/a/events", ROUTE_EVENTS, "a", "events", NULL, NULL);
+        expect_route("/v1/account/a/events/", ROUTE_EVENTS, "a", "events", NULL, NULL);
+        cr_assert_eq(route_allowed(ROUTE_EVENTS), ROUTE_M_POST | ROUTE_M_DELETE);
+        cr_assert_str_eq(route_allow_header(ROUTE_EVENTS), "POST, DELETE");
+        cr_assert_str_eq(route_resource_name(ROUTE_EVENTS), "events");
+        /* Only the exact segment: other namespaces stay namespaces. */
+        expect_route("/v1/account/a/Events", ROUTE_NAMESPACE, "a", "Events", NULL, NULL);
+        expect_route("/v1/account/a/events2", ROUTE_NAMESPACE, "a", "events2", NULL, NULL);
+        expect_route("/v1/account/events", ROUTE_ACCOUNT, "events", NULL, NULL, NULL);
+        expect_route("/v1/account/events/notes", ROUTE_NAMESPACE, "events", "notes", NULL, NULL);
+        /* The namespace "events" keeps all of its routes. */
+        expect_route("/v1/account/a/events/properties", ROUTE_NS_PROPS, "a", "events", NULL, NULL);
+        expect_route("/v1/account/a/events/properties/p", ROUTE_NS_PROP, "a", "events", NULL, "p");
+        expect_route("/v1/account/a/events/s1/properties", ROUTE_SESSION_PROPS, "a", "events", "s1",
+                     NULL);
+        expect_route("/v1/account/a/events/session-ids", ROUTE_SESSION_IDS, "a", "events", NULL,
+                     NULL);
+        expect_route("/v1/account/a/namespace/events/session", ROUTE_SESSIONS, "a", "events", NULL,
+                     NULL);
+        expect_not_found("/v1/account/a/events/x");
+        expect_not_found("/v1/events");
+}

@@ -19,6 +19,7 @@
 
 #include "ctxhookd/config.h"
 #include "ctxhookd/error.h"
+#include "ctxhookd/event.h"
 #include "ctxhookd/metrics.h"
 #include "ctxhookd/store.h"
 
@@ -65,6 +66,7 @@ struct pipeline_message {
         const char *dedup_key; /* may be NULL */
         const char *data;
         size_t len;
+        const char *default_account; /* for events without one; NULL = [kafka] account */
 };
 
 /* pipeline_process for msgs[0..n), recorded in ONE store transaction (far cheaper per message
@@ -80,5 +82,12 @@ int pipeline_build(struct pipeline *p, const char *source, const char *data, siz
                    int64_t now_ms, struct pipeline_result *ret,
                    struct pipeline_delivery **ret_deliveries, size_t *ret_n);
 void pipeline_deliveries_free(struct pipeline_delivery *d, size_t n);
+
+/* Parses data exactly as pipeline_process would (its limits; default_account as in struct
+ * pipeline_message) and writes nothing: event_parse's result. For a caller that must refuse a
+ * message it cannot take rather than dead-letter it (HTTP ingest). */
+int pipeline_parse(struct pipeline *p, const char *source, const char *default_account,
+                   const char *data, size_t len, int64_t now_ms, struct event_batch *ret,
+                   struct ch_error *err);
 
 #endif

@@ -26,6 +26,7 @@ enum route_resource {
         ROUTE_DEAD_LETTERS,       /* /admin/dead-letters GET */
         ROUTE_DEAD_LETTER,        /* /admin/dead-letters/{id} DELETE */
         ROUTE_DEAD_LETTER_REDRIVE, /* /admin/dead-letters/{id}/redrive POST */
+        ROUTE_EVENTS,              /* /v1/account/{acct}/events POST (ingest) DELETE (see below) */
         ROUTE__COUNT
 };
 
@@ -57,7 +58,13 @@ enum route_method route_method_from_string(const char *method);
  * ("//") do not match. Returns 0 (ret->resource may be ROUTE_NOT_FOUND) or -E2BIG for a path
  * longer than ROUTE_PATH_MAX-1, with ret->resource = ROUTE_NOT_FOUND. A session id literally
  * named "properties" is reachable only through the namespace-level routes: "/{ns}/properties/x"
- * always means the namespace property x. */
+ * always means the namespace property x.
+ *
+ * "/v1/account/{acct}/events" is two resources told apart by the method: POST there is event
+ * ingest, and DELETE is still the deletion of the namespace literally named "events" (what
+ * ROUTE_NAMESPACE would be), so that namespace keeps working. route_parse gives ROUTE_EVENTS
+ * with ns = "events" for it; the caller dispatches on the method. Every longer path under
+ * ".../events/" is the namespace "events" as usual. */
 int route_parse(const char *path, struct route *ret);
 
 /* The methods (ROUTE_M_* bits) the resource accepts; 0 for ROUTE_NOT_FOUND. HEAD is allowed
