@@ -1,6 +1,7 @@
 /* The ctxhookd command line: parse the arguments, load the configuration, run the chosen
  * command, map the outcome to a sysexits code. Everything else lives in the modules. */
 #include <errno.h>
+#include <stdbool.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,15 +10,21 @@
 #include <unistd.h>
 
 #include "ctxhookd/apikey.h"
+#include "ctxhookd/cleanup.h"
 #include "ctxhookd/config.h"
 #include "ctxhookd/log.h"
 #include "ctxhookd/names.h"
+#include "ctxhookd/replay.h"
 #include "ctxhookd/service.h"
 #include "ctxhookd/store.h"
 
 static const char usage_text[] =
     "Usage:\n"
     "  ctxhookd run          [-c FILE]   run the daemon (the default command)\n"
+    "  ctxhookd replay       [-c FILE] [--dry-run] [--expect FILE] [--rate N] LOG...\n"
+    "                                    run recorded events (JSON lines or kcat -J, '-' =\n"
+    "                                    stdin) through the pipeline; --dry-run prints the\n"
+    "                                    deliveries instead of sending them\n"
     "  ctxhookd check-config [-c FILE]   validate, print the effective config, exit 0/78\n"
     "  ctxhookd apikey create --account ID [-c FILE]\n"
     "                                    print a new API key for the account (last line of\n"
@@ -28,9 +35,15 @@ static const char usage_text[] =
     "else the embedded default. Any option can be overridden with CTXHOOKD_<SECTION>_<KEY>.\n";
 
 struct args {
-        const char *command; /* "run", "check-config", "apikey create" */
+        const char *command; /* "run", "replay", "check-config", "apikey create" */
         const char *config;
         const char *account;
+        bool dry_run; /* replay's options */
+        const char *expect;
+        double rate;
+        bool rate_set;
+        const char **logs; /* replay's LOGs (argv's strings), n_logs of them */
+        size_t n_logs;
 };
 
 static int usage_error(const char *fmt, const char *what)
@@ -42,24 +55,28 @@ static int usage_error(const char *fmt, const char *what)
 }
 
 /* Returns -1 to go on, else the exit code to leave with. */
-static int parse_args(int argc, char **argv, struct args *ret)
+static int parse_args(int argc, char **argv, const char **logs, struct args *ret)
 {
         static const struct option options[] = {
-            {"config", required_argument, NULL, 'c'},
-            {"account", required_argument, NULL, 'a'},
-            {"help", no_argument, NULL, 'h'},
-            {"version", no_argument, NULL, 'V'},
-            {0},
+            {"config", required_argument, NULL, 'c'}, {"account", required_argument, NULL, 'a'},
+            {"dry-run", no_argument, NULL, 'n'},      {"expect", required_argument, NULL, 'e'},
+            {"rate", required_argument, NULL, 'r'},   {"help", no_argument, NULL, 'h'},
+            {"version", no_argument, NULL, 'V'},      {0},
         };
         struct args a = {0};
         const char *words[2] = {"", ""};
         int c, nwords = 0;
 
+        a.logs = logs;
         opterr = 0;
         /* "-" first: command words come back as option 1, in order, among the options. */
         while ((c = getopt_long(argc, argv, "-:c:hV", options, NULL)) != -1) {
                 switch (c) {
                 case 1:
+                        if (nwords >= 1 && strcmp(words[0], "replay") == 0) {
+                                a.logs[a.n_logs++] = optarg;
+                                break;
+                        }
                         if (nwords == 2)
                                 return usage_error("unexpected argument '%s'", optarg);
                         words[nwords++] = optarg;
@@ -70,6 +87,25 @@ static int parse_args(int argc, char **argv, struct args *ret)
                 case 'a':
                         a.account = optarg;
                         break;
+                case 'n':
+                        a.dry_run = true;
+                        break;
+                case 'e':
+                        a.expect = optarg;
+                        break;
+                case 'r': {
+                        char *end = NULL;
+
+                        errno = 0;
+                        a.rate = strtod(optarg, &end);
+                        if (errno != 0 || end == optarg || *end != '\0' || !(a.rate > 0) ||
+                            a.rate > 1e9)
+                                return usage_error("--rate needs a positive number of events per "
+                                                   "second, not '%s'",
+                                                   optarg);
+                        a.rate_set = true;
+                        break;
+                }
                 case 'h':
                         fputs(usage_text, stdout);
                         return EX_OK;
@@ -84,6 +120,8 @@ static int parse_args(int argc, char **argv, struct args *ret)
         }
         if (nwords == 0 || (nwords == 1 && strcmp(words[0], "run") == 0))
                 a.command = "run";
+        else if (strcmp(words[0], "replay") == 0)
+                a.command = "replay";
         else if (nwords == 1 && strcmp(words[0], "check-config") == 0)
                 a.command = "check-config";
         else if (nwords == 2 && strcmp(words[0], "apikey") == 0 && strcmp(words[1], "create") == 0)
@@ -98,6 +136,11 @@ static int parse_args(int argc, char **argv, struct args *ret)
                 return usage_error("%s", "apikey create needs --account ID");
         if (strcmp(a.command, "apikey create") != 0 && a.account)
                 return usage_error("%s", "--account is only valid with 'apikey create'");
+        if (strcmp(a.command, "replay") != 0 && (a.dry_run || a.expect || a.rate_set))
+                return usage_error("%s", "--dry-run, --expect and --rate are only valid with "
+                                         "'replay'");
+        if (strcmp(a.command, "replay") == 0 && a.n_logs == 0)
+                return usage_error("%s", "replay needs at least one LOG (a file, or - for stdin)");
         *ret = a;
         return -1;
 }
@@ -196,13 +239,32 @@ static int cmd_apikey_create(const struct config *cfg, const char *account)
         return EX_OK;
 }
 
+static int cmd_replay(const struct config *cfg, const struct args *a)
+{
+        const struct replay_options o = {
+            .dry_run = a->dry_run,
+            .expect = a->expect,
+            .rate = a->rate,
+            .logs = a->logs,
+            .n_logs = a->n_logs,
+            .out = stdout,
+            .err = stderr,
+        };
+
+        return replay_run(cfg, &o);
+}
+
 int main(int argc, char **argv)
 {
+        /* Every word after "replay" is a LOG: at most argc of them. */
+        _cleanup_free_ const char **logs = calloc((size_t)argc + 1, sizeof(*logs));
         struct config *cfg = NULL;
         struct args a = {0};
         int r;
 
-        r = parse_args(argc, argv, &a);
+        if (!logs)
+                return EX_OSERR;
+        r = parse_args(argc, argv, logs, &a);
         if (r >= 0)
                 return r;
         r = load_config(a.config, &cfg);
@@ -213,6 +275,8 @@ int main(int argc, char **argv)
                 r = cmd_check_config(cfg);
         else if (strcmp(a.command, "apikey create") == 0)
                 r = cmd_apikey_create(cfg, a.account);
+        else if (strcmp(a.command, "replay") == 0)
+                r = cmd_replay(cfg, &a);
         else
                 r = service_run(cfg) < 0 ? EX_UNAVAILABLE : EX_OK;
         config_free(cfg);
