@@ -72,6 +72,16 @@ static int check_session(struct store *s, const char *account, const char *ns, c
         return check_name(*sid, STORE_NAME_MAX);
 }
 
+/* Checks what check_session() checks, plus the property name. */
+static int check_property(struct store *s, const char *account, const char *ns, const char **sid,
+                          const char *name, int64_t now_ms)
+{
+        int rc = check_session(s, account, ns, sid, now_ms);
+        if (rc < 0)
+                return rc;
+        return check_name(name, STORE_NAME_MAX);
+}
+
 static int check_ttl(int64_t ttl_s)
 {
         return ttl_s > STORE_TTL_S_MAX ? -EINVAL : 0;
@@ -324,10 +334,7 @@ int store_prop_get(struct store *s, const char *account, const char *ns, const c
                    const char *name, int64_t now_ms, char **ret_json, size_t *ret_len,
                    char ret_etag[STORE_ETAG_MAX])
 {
-        int rc = check_session(s, account, ns, &sid, now_ms);
-        if (rc < 0)
-                return rc;
-        rc = check_name(name, STORE_NAME_MAX);
+        int rc = check_property(s, account, ns, &sid, name, now_ms);
         if (rc < 0)
                 return rc;
         if (!ret_json)
@@ -391,10 +398,7 @@ int store_prop_put(struct store *s, const char *account, const char *ns, const c
                    const char *name, const json_t *value, const char *if_match, int64_t now_ms,
                    char ret_etag[STORE_ETAG_MAX])
 {
-        int rc = check_session(s, account, ns, &sid, now_ms);
-        if (rc < 0)
-                return rc;
-        rc = check_name(name, STORE_NAME_MAX);
+        int rc = check_property(s, account, ns, &sid, name, now_ms);
         if (rc < 0)
                 return rc;
         if (!value)
@@ -407,10 +411,7 @@ int store_prop_put(struct store *s, const char *account, const char *ns, const c
 int store_prop_delete(struct store *s, const char *account, const char *ns, const char *sid,
                       const char *name, const char *if_match, int64_t now_ms)
 {
-        int rc = check_session(s, account, ns, &sid, now_ms);
-        if (rc < 0)
-                return rc;
-        rc = check_name(name, STORE_NAME_MAX);
+        int rc = check_property(s, account, ns, &sid, name, now_ms);
         if (rc < 0)
                 return rc;
         return written(s, STORE_GEN_DATA,
