@@ -57,6 +57,15 @@
 #define STOP_WAIT_MS         10000       /* how long api_stop lets requests in flight finish */
 #define STOP_POLL_MS         10
 
+/* One HTTP worker thread as the watchdog sees it: since when (CLOCK_MONOTONIC, ms) it has
+ * been inside one of our callbacks, 0 while MHD has it waiting for connections. A cache line
+ * each, as every request writes its own twice. */
+struct api_worker {
+        _Alignas(64) _Atomic int64_t busy_since_ms;
+};
+
+#define API_WORKERS_MAX 64 /* [api] threads is at most 64 */
+
 struct api {
         struct MHD_Daemon *daemon;
         struct store *store;
@@ -72,6 +81,8 @@ struct api {
         atomic_bool stopping;  /* answers then carry Connection: close */
         atomic_bool starting;  /* MHD's messages go to start_error instead of the log */
         char start_error[256];
+        struct api_worker workers[API_WORKERS_MAX];
+        atomic_uint n_workers; /* slots taken by MHD's threads as they first call us */
 };
 
 /* Per connection (allocated when MHD accepts it), reused by each request on it, so the
@@ -1292,13 +1303,77 @@ static size_t drain_limit(size_t max_body)
         return max_body > SIZE_MAX / 2 - 65536 ? SIZE_MAX : 2 * max_body + 65536;
 }
 
+static int64_t coarse_ms(void)
+{
+        struct timespec ts;
+
+        /* The coarse clock costs next to nothing and is good to a few ms: plenty for a
+         * watchdog that counts in seconds. It runs with CLOCK_MONOTONIC. */
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The calling MHD thread's watchdog slot, taken on its first request; NULL when every slot is
+ * taken (more threads than API_WORKERS_MAX cannot happen with the config's bounds). */
+static struct api_worker *worker_slot(struct api *a)
+{
+        static _Thread_local struct api *owner;
+        static _Thread_local struct api_worker *slot;
+        unsigned i;
+
+        if (owner == a)
+                return slot;
+        i = atomic_fetch_add(&a->n_workers, 1);
+        owner = a;
+        slot = i < API_WORKERS_MAX ? &a->workers[i] : NULL;
+        return slot;
+}
+
+int64_t api_busy_since_ms(struct api *a)
+{
+        unsigned n = atomic_load(&a->n_workers);
+        int64_t oldest = 0;
+
+        for (unsigned i = 0; i < n && i < API_WORKERS_MAX; i++) {
+                int64_t since =
+                    atomic_load_explicit(&a->workers[i].busy_since_ms, memory_order_relaxed);
+
+                if (since != 0 && (oldest == 0 || since < oldest))
+                        oldest = since;
+        }
+        return oldest;
+}
+
+static enum MHD_Result api_access_work(void *cls, struct MHD_Connection *conn, const char *url,
+                                       const char *method, const char *version,
+                                       const char *upload_data, size_t *upload_data_size,
+                                       void **con_cls);
+
+/* Marks the thread busy for the watchdog while the request is ours. */
+static enum MHD_Result api_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+        struct api_worker *w = worker_slot(cls);
+        enum MHD_Result result;
+
+        if (w)
+                atomic_store_explicit(&w->busy_since_ms, coarse_ms(), memory_order_relaxed);
+        result = api_access_work(cls, conn, url, method, version, upload_data, upload_data_size,
+                                 con_cls);
+        if (w)
+                atomic_store_explicit(&w->busy_since_ms, 0, memory_order_relaxed);
+        return result;
+}
+
 /* MHD calls this first when the headers are in, then once per piece of body, then once more
  * with nothing when the request is complete. Only an answer queued on that last call keeps
  * the connection alive (one queued earlier makes MHD skip the body and close), so requests
  * are answered there, except the body methods' refusals, which should not read the body. */
-static enum MHD_Result api_access(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version, const char *upload_data,
-                                  size_t *upload_data_size, void **con_cls)
+static enum MHD_Result api_access_work(void *cls, struct MHD_Connection *conn, const char *url,
+                                       const char *method, const char *version,
+                                       const char *upload_data, size_t *upload_data_size,
+                                       void **con_cls)
 {
         struct call c = {.api = cls, .conn = conn, .method = method, .url = url};
         struct request *rq = *con_cls;

@@ -1826,3 +1826,143 @@ int config_print(const struct config *c, FILE *out)
                 return -EIO;
         return 0;
 }
+
+/* Whether a SIGHUP applies the option. The others shape what exists only from the start: the
+ * listening socket and its threads, the database and its pool, the Kafka client, the delivery
+ * slots. */
+static bool option_live(const struct option *opt)
+{
+        if (strcmp(opt->section, "hook") == 0 || strcmp(opt->section, "log") == 0)
+                return true;
+        if (strcmp(opt->section, "delivery") == 0)
+                return strcmp(opt->key, "max_in_flight") != 0;
+        if (strcmp(opt->section, "kafka") == 0)
+                return strcmp(opt->key, "account") == 0 ||
+                       strcmp(opt->key, "max_message_bytes") == 0;
+        return false;
+}
+
+bool config_option_live(const char *section, const char *key)
+{
+        for (size_t i = 0; i < ELEMENTSOF(options); i++)
+                if (strcmp(options[i].section, section) == 0 && strcmp(options[i].key, key) == 0)
+                        return option_live(&options[i]);
+        return false;
+}
+
+static bool same_string(const char *a, const char *b)
+{
+        return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+static bool kafka_extra_equal(const struct config *a, const struct config *b)
+{
+        if (a->kafka.n_extra != b->kafka.n_extra)
+                return false;
+        for (size_t i = 0; i < a->kafka.n_extra; i++)
+                if (strcmp(a->kafka.extra[i].key, b->kafka.extra[i].key) != 0 ||
+                    strcmp(a->kafka.extra[i].value, b->kafka.extra[i].value) != 0)
+                        return false;
+        return true;
+}
+
+static int kafka_extra_copy(struct config *to, const struct config *from)
+{
+        struct config_kv *kv = NULL;
+
+        if (from->kafka.n_extra > 0) {
+                kv = calloc(from->kafka.n_extra, sizeof(*kv));
+                if (!kv)
+                        return -ENOMEM;
+        }
+        for (size_t i = 0; i < from->kafka.n_extra; i++) {
+                kv[i].key = strdup(from->kafka.extra[i].key);
+                kv[i].value = strdup(from->kafka.extra[i].value);
+                if (!kv[i].key || !kv[i].value) {
+                        for (size_t j = 0; j <= i; j++) {
+                                free(kv[j].key);
+                                free(kv[j].value);
+                        }
+                        free(kv);
+                        return -ENOMEM;
+                }
+        }
+        kafka_release(to);
+        to->kafka.extra = kv;
+        to->kafka.n_extra = from->kafka.n_extra;
+        return 0;
+}
+
+int config_keep_restart_options(struct config *next, const struct config *running,
+                                struct ch_error *notes)
+{
+        int kept = 0;
+
+        if (notes)
+                notes->msg[0] = '\0';
+        for (size_t s = 0; s < ELEMENTSOF(sections); s++) {
+                const struct section *sec = &sections[s];
+
+                if (sec->labelled)
+                        continue;
+                for (size_t i = 0; i < ELEMENTSOF(options); i++) {
+                        const struct option *opt = &options[i];
+                        const void *old_field = const_field_of(running, opt);
+                        void *new_field = field_of(next, opt);
+                        char *copy;
+
+                        if (strcmp(opt->section, sec->name) != 0 || option_live(opt))
+                                continue;
+                        if (opt->type == OPT_INT) {
+                                int64_t was = *(const int64_t *)old_field;
+
+                                if (*(int64_t *)new_field == was)
+                                        continue;
+                                ch_error_append(notes,
+                                                "[%s] %s: %" PRId64 " → %" PRId64
+                                                " needs a restart; %" PRId64 " stays in force",
+                                                opt->section, opt->key, was,
+                                                *(int64_t *)new_field, was);
+                                *(int64_t *)new_field = was;
+                                kept++;
+                                continue;
+                        }
+                        /* Every restart-only option is an integer or a string of some kind:
+                         * lists, kinds and booleans live in [hook], which is all live. */
+                        if (!is_string_type(opt->type) ||
+                            same_string(*(char *const *)old_field, *(char **)new_field))
+                                continue;
+                        const char *was = *(char *const *)old_field ? *(char *const *)old_field
+                                                                    : "";
+                        const char *wanted = *(char **)new_field ? *(char **)new_field : "";
+
+                        if (opt->type == OPT_SECRET)
+                                ch_error_append(notes,
+                                                "[%s] %s: changed; needs a restart, the running "
+                                                "value stays in force",
+                                                opt->section, opt->key);
+                        else
+                                ch_error_append(notes,
+                                                "[%s] %s: \"%s\" → \"%s\" needs a restart; "
+                                                "\"%s\" stays in force",
+                                                opt->section, opt->key, was, wanted, was);
+                        copy = *(char *const *)old_field ? strdup(*(char *const *)old_field)
+                                                         : NULL;
+                        if (*(char *const *)old_field && !copy)
+                                return -ENOMEM;
+                        option_free(opt, next);
+                        *(char **)new_field = copy;
+                        kept++;
+                }
+        }
+        if (!kafka_extra_equal(next, running)) {
+                int r = kafka_extra_copy(next, running);
+
+                if (r < 0)
+                        return r;
+                ch_error_append(notes, "[kafka] librdkafka properties changed: they need a "
+                                       "restart; the running ones stay in force");
+                kept++;
+        }
+        return kept;
+}

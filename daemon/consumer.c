@@ -81,7 +81,8 @@ struct consumer {
         atomic_bool stop;
         atomic_bool ready;
         atomic_bool fatal; /* raised by librdkafka (error callback or poll) */
-        _Atomic int64_t last_progress_ms;
+        _Atomic int64_t last_progress_ms; /* CLOCK_MONOTONIC */
+        _Atomic int64_t outbox_max;       /* [delivery] outbox_max, changed by a reload */
 
         /* Owned by the consumer thread (librdkafka's callbacks run on it, from poll/close). */
         bool fatal_seen;
@@ -259,7 +260,7 @@ static void pause_or_resume(struct consumer *c, rd_kafka_topic_partition_list_t 
 static void check_pressure(struct consumer *c)
 {
         rd_kafka_topic_partition_list_t *parts = NULL;
-        int64_t max = c->cfg->delivery.outbox_max;
+        int64_t max = atomic_load(&c->outbox_max);
         int64_t depth;
         bool pause;
         int r;
@@ -446,6 +447,7 @@ static void back_off(struct consumer *c)
                 struct timespec ts = {0, POLL_MS * 1000000L};
 
                 nanosleep(&ts, NULL);
+                atomic_store(&c->last_progress_ms, monotonic_ms());
         }
         c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
 }
@@ -644,7 +646,7 @@ static void *consumer_main(void *arg)
                 rd_kafka_message_t *m;
                 int64_t now = monotonic_ms();
 
-                atomic_store(&c->last_progress_ms, realtime_ms());
+                atomic_store(&c->last_progress_ms, now);
                 if (atomic_load(&c->fatal))
                         enter_fatal(c);
                 if (c->fatal_seen) {
@@ -895,7 +897,8 @@ int consumer_start(const struct config *cfg, struct pipeline *pipeline, struct s
         atomic_init(&c->stop, false);
         atomic_init(&c->ready, false);
         atomic_init(&c->fatal, false);
-        atomic_init(&c->last_progress_ms, realtime_ms());
+        atomic_init(&c->last_progress_ms, monotonic_ms());
+        atomic_init(&c->outbox_max, cfg->delivery.outbox_max);
 
         if (strcmp(cfg->kafka.brokers, EMBEDDED) == 0) {
                 r = embedded_start(c, err);
@@ -944,6 +947,11 @@ const char *consumer_bootstrap(const struct consumer *c)
 bool consumer_ready(const struct consumer *c)
 {
         return atomic_load(&c->ready);
+}
+
+void consumer_set_outbox_max(struct consumer *c, int64_t outbox_max)
+{
+        atomic_store(&c->outbox_max, outbox_max);
 }
 
 int64_t consumer_last_progress_ms(const struct consumer *c)

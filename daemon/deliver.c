@@ -45,7 +45,12 @@ struct transfer {
         CURL *easy;
         struct curl_slist *headers;
         bool busy;
-        size_t hook; /* index into deliver.hooks (and metrics' hook labels) */
+        /* What the outcome needs of the hook, copied at the start: a reload may change or
+         * remove the hook while the call is out. */
+        char hook[STORE_HOOK_MAX + 1];
+        char *url;
+        int64_t timeout_ms;
+        int64_t max_attempts;
         int64_t id;
         int64_t attempts; /* made before this one */
         char webhook_id[STORE_WEBHOOK_ID_MAX + 1];
@@ -85,6 +90,16 @@ struct deliver {
         atomic_bool stopping;
         _Atomic int64_t stop_deadline_mono_ms;
         _Atomic int64_t last_progress_ms;
+
+        /* deliver_reconfigure hands the thread its next hooks here and waits until the thread
+         * has taken them (at the top of its loop, between calls). */
+        pthread_mutex_t reconf_lock;
+        pthread_cond_t reconf_taken;
+        bool reconf_pending;
+        const struct config *next_cfg;
+        struct hook_state *next_hooks;
+        size_t next_n_hooks;
+        int64_t next_lease_ms;
 };
 
 /* curl_global_init() is not thread-safe and must run once per process before any other curl
@@ -249,8 +264,7 @@ static void store_worked(struct deliver *d)
         d->store_failing = false;
 }
 
-/* hook is the index in cfg->hooks: the caller names the metrics' hooks in that order. */
-static void metrics_attempt(struct deliver *d, size_t hook, enum metrics_delivery_result r,
+static void metrics_attempt(struct deliver *d, const char *hook, enum metrics_delivery_result r,
                             double seconds)
 {
         if (d->metrics)
@@ -326,13 +340,13 @@ static int build_headers(const struct hook_state *h, const struct transfer *t, i
         return 0;
 }
 
-static int setup_easy(struct transfer *t, const struct hook_state *h)
+static int setup_easy(struct transfer *t)
 {
         CURL *e = t->easy;
         CURLcode cc = CURLE_OK;
 
         if (cc == CURLE_OK)
-                cc = curl_easy_setopt(e, CURLOPT_URL, h->hook->url);
+                cc = curl_easy_setopt(e, CURLOPT_URL, t->url);
         if (cc == CURLE_OK)
                 cc = curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
         if (cc == CURLE_OK)
@@ -344,7 +358,7 @@ static int setup_easy(struct transfer *t, const struct hook_state *h)
         if (cc == CURLE_OK)
                 cc = curl_easy_setopt(e, CURLOPT_USERAGENT, "ctxhookd/" CTXHOOKD_VERSION);
         if (cc == CURLE_OK)
-                cc = curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)h->hook->timeout_ms);
+                cc = curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)t->timeout_ms);
         if (cc == CURLE_OK)
                 cc = curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
         if (cc == CURLE_OK)
@@ -361,11 +375,10 @@ static int setup_easy(struct transfer *t, const struct hook_state *h)
 }
 
 /* Copies the claimed delivery into slot t and adds its transfer to the multi handle. */
-static int transfer_start(struct deliver *d, struct transfer *t, size_t hook,
+static int transfer_start(struct deliver *d, struct transfer *t, const struct hook_state *h,
                           const struct store_delivery *dl)
 {
-        const struct hook_state *h = &d->hooks[hook];
-        char *conv;
+        char *conv, *url;
         int r;
 
         if (dl->body_len + 1 > t->body_cap) {
@@ -377,10 +390,19 @@ static int transfer_start(struct deliver *d, struct transfer *t, size_t hook,
                 t->body_cap = dl->body_len + 1;
         }
         conv = strdup(dl->conversation ? dl->conversation : "");
-        if (!conv)
+        url = strdup(h->hook->url);
+        if (!conv || !url) {
+                free(conv);
+                free(url);
                 return -ENOMEM;
+        }
         free(t->conversation);
         t->conversation = conv;
+        free(t->url);
+        t->url = url;
+        snprintf(t->hook, sizeof(t->hook), "%s", h->hook->name);
+        t->timeout_ms = h->hook->timeout_ms;
+        t->max_attempts = h->hook->max_attempts;
         if (dl->body_len > 0)
                 memcpy(t->body, dl->body, dl->body_len);
         t->body[dl->body_len] = '\0';
@@ -388,7 +410,6 @@ static int transfer_start(struct deliver *d, struct transfer *t, size_t hook,
         snprintf(t->webhook_id, sizeof(t->webhook_id), "%s", dl->webhook_id);
         t->id = dl->id;
         t->attempts = dl->attempts;
-        t->hook = hook;
         t->response_len = 0;
         t->curl_error[0] = '\0';
 
@@ -404,7 +425,7 @@ static int transfer_start(struct deliver *d, struct transfer *t, size_t hook,
         r = build_headers(h, t, wall_ms() / 1000, &t->headers);
         if (r < 0)
                 return r;
-        r = setup_easy(t, h);
+        r = setup_easy(t);
         if (r < 0)
                 return r;
         t->started_mono_ms = mono_ms();
@@ -423,13 +444,11 @@ static void transfer_release(struct deliver *d, struct transfer *t)
         d->free_slots[d->n_free++] = (size_t)(t - d->slots);
 }
 
-static const struct hook_state *hook_find(const struct deliver *d, const char *name, size_t *ret)
+static const struct hook_state *hook_find(const struct deliver *d, const char *name)
 {
         for (size_t i = 0; i < d->n_hooks; i++)
-                if (strcmp(d->hooks[i].hook->name, name) == 0) {
-                        *ret = i;
+                if (strcmp(d->hooks[i].hook->name, name) == 0)
                         return &d->hooks[i];
-                }
         return NULL;
 }
 
@@ -457,13 +476,15 @@ static int claim_and_start(struct deliver *d, bool *ret_more)
         *ret_more = n == limit;
         for (size_t i = 0; i < n; i++) {
                 const struct store_delivery *dl = &batch[i];
+                const struct hook_state *h = hook_find(d, dl->hook);
                 struct transfer *t;
-                size_t hook;
 
-                if (!hook_find(d, dl->hook, &hook)) {
+                if (!h) {
                         char reason[STORE_HOOK_MAX + 64];
 
-                        snprintf(reason, sizeof(reason), "hook '%s' is not configured", dl->hook);
+                        snprintf(reason, sizeof(reason),
+                                 "hook '%s' is not configured (any more: removed by a reload?)",
+                                 dl->hook);
                         r = store_outbox_dead(d->store, dl->id, reason, now);
                         if (r < 0)
                                 log_warning("delivery %" PRId64 ": recording its dead letter "
@@ -480,7 +501,7 @@ static int claim_and_start(struct deliver *d, bool *ret_more)
                 if (in_flight(d, dl->id) || d->n_free == 0)
                         continue;
                 t = &d->slots[d->free_slots[--d->n_free]];
-                r = transfer_start(d, t, hook, dl);
+                r = transfer_start(d, t, h, dl);
                 if (r < 0) {
                         int r2;
 
@@ -538,7 +559,6 @@ enum verdict {
 /* Records the outcome of the finished transfer t. Returns 0 or the store's error. */
 static int transfer_finish(struct deliver *d, struct transfer *t, CURLcode cc)
 {
-        const struct config_hook *hook = d->hooks[t->hook].hook;
         int64_t now = wall_ms(), attempts = t->attempts + 1, retry_after = -1;
         double seconds = (double)(mono_ms() - t->started_mono_ms) / 1000.0;
         char summary[ERROR_TEXT_MAX], excerpt[REASON_BODY + 1];
@@ -553,12 +573,12 @@ static int transfer_finish(struct deliver *d, struct transfer *t, CURLcode cc)
                 v = VERDICT_RETRY;
                 if (cc == CURLE_OPERATION_TIMEDOUT)
                         snprintf(summary, sizeof(summary),
-                                 "no answer from %s within %" PRId64 " ms", hook->url,
-                                 hook->timeout_ms);
+                                 "no answer from %s within %" PRId64 " ms", t->url,
+                                 t->timeout_ms);
                 else
                         snprintf(summary, sizeof(summary), "%s (%s)",
                                  t->curl_error[0] ? t->curl_error : curl_easy_strerror(cc),
-                                 hook->url);
+                                 t->url);
         } else {
                 curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
                 if (status >= 200 && status < 300)
@@ -570,9 +590,9 @@ static int transfer_finish(struct deliver *d, struct transfer *t, CURLcode cc)
                 if (status >= 300 && status < 400)
                         snprintf(summary, sizeof(summary),
                                  "HTTP %ld from %s (redirects are not followed)", status,
-                                 hook->url);
+                                 t->url);
                 else
-                        snprintf(summary, sizeof(summary), "HTTP %ld from %s", status, hook->url);
+                        snprintf(summary, sizeof(summary), "HTTP %ld from %s", status, t->url);
                 if (v == VERDICT_RETRY)
                         retry_after = response_retry_after(t, now);
                 response_excerpt(t, excerpt, sizeof(excerpt));
@@ -580,12 +600,12 @@ static int transfer_finish(struct deliver *d, struct transfer *t, CURLcode cc)
         /* The summary is what is logged; the excerpt of the answer goes only into the store. */
         snprintf(detail, sizeof(detail), "%s%s%s", summary, excerpt[0] ? ": " : "", excerpt);
 
-        if (v == VERDICT_RETRY && attempts >= hook->max_attempts) {
+        if (v == VERDICT_RETRY && attempts >= t->max_attempts) {
                 v = VERDICT_DEAD;
                 snprintf(reason, sizeof(reason),
                          "gave up after %" PRId64 " attempts; last error: %s", attempts, detail);
                 snprintf(summary + strlen(summary), sizeof(summary) - strlen(summary),
-                         " (attempt %" PRId64 " of %" PRId64 ")", attempts, hook->max_attempts);
+                         " (attempt %" PRId64 " of %" PRId64 ")", attempts, t->max_attempts);
         } else {
                 snprintf(reason, sizeof(reason), "%s", detail);
         }
@@ -598,7 +618,7 @@ static int transfer_finish(struct deliver *d, struct transfer *t, CURLcode cc)
                 metrics_attempt(d, t->hook, METRICS_DELIVERY_DELIVERED, seconds);
                 log_debug("delivery %" PRId64 " of hook '%s' (conversation %s): HTTP %ld in "
                           "%.3f s, delivered",
-                          t->id, hook->name, t->conversation, status, seconds);
+                          t->id, t->hook, t->conversation, status, seconds);
                 break;
         case VERDICT_RETRY: {
                 int64_t wait = deliver_backoff_ms(attempts, d->cfg->delivery.retry_base_ms,
@@ -611,7 +631,7 @@ static int transfer_finish(struct deliver *d, struct transfer *t, CURLcode cc)
                 metrics_attempt(d, t->hook, METRICS_DELIVERY_RETRY, seconds);
                 log_debug("delivery %" PRId64 " of hook '%s' (conversation %s): attempt %" PRId64
                           " failed after %.3f s: %s; next in %" PRId64 " ms",
-                          t->id, hook->name, t->conversation, attempts, seconds, summary, wait);
+                          t->id, t->hook, t->conversation, attempts, seconds, summary, wait);
                 break;
         }
         case VERDICT_DEAD:
@@ -621,7 +641,7 @@ static int transfer_finish(struct deliver *d, struct transfer *t, CURLcode cc)
                 metrics_attempt(d, t->hook, METRICS_DELIVERY_DEAD, seconds);
                 log_info("delivery %" PRId64 " of hook '%s' (conversation %s) is a dead letter: "
                          "%s",
-                         t->id, hook->name, t->conversation, summary);
+                         t->id, t->hook, t->conversation, summary);
                 break;
         }
         return 0;
@@ -690,10 +710,98 @@ static void abandon_in_flight(struct deliver *d)
                                        "interrupted by shutdown");
                 log_notice("delivery %" PRId64 " of hook '%s': call abandoned at shutdown; it "
                            "will be sent again%s",
-                           t->id, d->hooks[t->hook].hook->name,
+                           t->id, t->hook,
                            r < 0 ? " once its lease expires" : "");
                 transfer_release(d, t);
         }
+}
+
+static void hooks_free(struct hook_state *h, size_t n)
+{
+        if (h)
+                explicit_bzero(h, n * sizeof(h[0]));
+        free(h);
+}
+
+/* The hooks' states for cfg (signing keys parsed once) and the lease their longest time-out
+ * needs; registers their names with the metrics. */
+static int hooks_build(const struct config *cfg, struct metrics *metrics,
+                       struct hook_state **ret, size_t *ret_n, int64_t *ret_lease_ms,
+                       struct ch_error *err)
+{
+        const char *names[CONFIG_HOOKS_MAX];
+        struct hook_state *h = NULL;
+        int64_t max_timeout = 0;
+        int r;
+
+        if (cfg->n_hooks > CONFIG_HOOKS_MAX) {
+                ch_error_set(err, "more than %d hooks", CONFIG_HOOKS_MAX);
+                return -E2BIG;
+        }
+        if (cfg->n_hooks > 0) {
+                h = calloc(cfg->n_hooks, sizeof(h[0]));
+                if (!h) {
+                        ch_error_set(err, "out of memory");
+                        return -ENOMEM;
+                }
+        }
+        for (size_t i = 0; i < cfg->n_hooks; i++) {
+                struct ch_error e = {{0}};
+
+                h[i].hook = &cfg->hooks[i];
+                names[i] = cfg->hooks[i].name;
+                r = sign_key_parse(cfg->hooks[i].secret, &h[i].key, &e);
+                if (r < 0) {
+                        ch_error_set(err, "hook '%s': %s", cfg->hooks[i].name, e.msg);
+                        hooks_free(h, cfg->n_hooks);
+                        return r;
+                }
+                if (cfg->hooks[i].timeout_ms > max_timeout)
+                        max_timeout = cfg->hooks[i].timeout_ms;
+        }
+        r = metrics ? metrics_set_hooks(metrics, names, cfg->n_hooks) : 0;
+        if (r < 0) {
+                ch_error_set(err,
+                             r == -E2BIG ? "more than %d hook names since the start: their "
+                                           "delivery counters need a restart"
+                                         : "out of memory registering the hooks' metrics (%d)",
+                             METRICS_HOOKS_MAX);
+                hooks_free(h, cfg->n_hooks);
+                return r;
+        }
+        *ret = h;
+        *ret_n = cfg->n_hooks;
+        *ret_lease_ms = max_timeout + LEASE_MARGIN_MS;
+        return 0;
+}
+
+/* On the delivery thread, between calls: takes the hooks deliver_reconfigure prepared. Calls
+ * in flight keep what they copied of their hook (transfer_start). */
+static void take_reconfiguration(struct deliver *d)
+{
+        struct hook_state *old;
+        size_t n_old;
+
+        pthread_mutex_lock(&d->reconf_lock);
+        if (!d->reconf_pending) {
+                pthread_mutex_unlock(&d->reconf_lock);
+                return;
+        }
+        old = d->hooks;
+        n_old = d->n_hooks;
+        d->hooks = d->next_hooks;
+        d->n_hooks = d->next_n_hooks;
+        d->cfg = d->next_cfg;
+        /* Claims from now on are of the new hooks; calls in flight hold leases of the old. */
+        d->lease_ms = d->next_lease_ms;
+        d->next_hooks = NULL;
+        d->next_n_hooks = 0;
+        d->next_cfg = NULL;
+        d->reconf_pending = false;
+        pthread_cond_broadcast(&d->reconf_taken);
+        pthread_mutex_unlock(&d->reconf_lock);
+        hooks_free(old, n_old);
+        curl_multi_setopt(d->multi, CURLMOPT_MAXCONNECTS, (long)(d->n_slots + d->n_hooks));
 }
 
 static int64_t min64(int64_t a, int64_t b)
@@ -712,7 +820,8 @@ static void *deliver_main(void *arg)
                 bool stopping = atomic_load(&d->stopping);
                 int running = 0, r;
 
-                atomic_store(&d->last_progress_ms, wall);
+                atomic_store(&d->last_progress_ms, now);
+                take_reconfiguration(d);
                 if (now >= next_tick) {
                         update_gauges(d, &claim_after);
                         next_tick = now + TICK_MS;
@@ -798,13 +907,15 @@ static struct deliver *deliver_free(struct deliver *d)
                         curl_easy_cleanup(t->easy);
                 curl_slist_free_all(t->headers);
                 free(t->conversation);
+                free(t->url);
                 free(t->body);
         }
         if (d->multi)
                 curl_multi_cleanup(d->multi);
-        if (d->hooks)
-                explicit_bzero(d->hooks, d->n_hooks * sizeof(d->hooks[0]));
-        free(d->hooks);
+        hooks_free(d->hooks, d->n_hooks);
+        hooks_free(d->next_hooks, d->next_n_hooks);
+        pthread_cond_destroy(&d->reconf_taken);
+        pthread_mutex_destroy(&d->reconf_lock);
         free(d->slots);
         free(d->free_slots);
         free(d->timers);
@@ -816,7 +927,6 @@ int deliver_start(const struct config *cfg, struct store *store, struct metrics 
                   struct deliver **ret, struct ch_error *err)
 {
         struct deliver *d;
-        int64_t max_timeout = 0;
         size_t slots;
         int r;
 
@@ -833,26 +943,13 @@ int deliver_start(const struct config *cfg, struct store *store, struct metrics 
         d->cfg = cfg;
         d->store = store;
         d->metrics = metrics;
-        d->n_hooks = cfg->n_hooks;
-        if (cfg->n_hooks > 0) {
-                d->hooks = calloc(cfg->n_hooks, sizeof(d->hooks[0]));
-                if (!d->hooks)
-                        goto oom;
+        pthread_mutex_init(&d->reconf_lock, NULL);
+        pthread_cond_init(&d->reconf_taken, NULL);
+        r = hooks_build(cfg, metrics, &d->hooks, &d->n_hooks, &d->lease_ms, err);
+        if (r < 0) {
+                deliver_free(d);
+                return r;
         }
-        for (size_t i = 0; i < cfg->n_hooks; i++) {
-                struct ch_error e = {{0}};
-
-                d->hooks[i].hook = &cfg->hooks[i];
-                r = sign_key_parse(cfg->hooks[i].secret, &d->hooks[i].key, &e);
-                if (r < 0) {
-                        ch_error_set(err, "hook '%s': %s", cfg->hooks[i].name, e.msg);
-                        deliver_free(d);
-                        return r;
-                }
-                if (cfg->hooks[i].timeout_ms > max_timeout)
-                        max_timeout = cfg->hooks[i].timeout_ms;
-        }
-        d->lease_ms = max_timeout + LEASE_MARGIN_MS;
 
         slots = cfg->delivery.max_in_flight > 0 ? (size_t)cfg->delivery.max_in_flight : 1;
         d->n_slots = slots;
@@ -873,7 +970,7 @@ int deliver_start(const struct config *cfg, struct store *store, struct metrics 
          * currently added (which drops to nothing when the outbox runs dry). */
         curl_multi_setopt(d->multi, CURLMOPT_MAXCONNECTS, (long)(slots + cfg->n_hooks));
 
-        atomic_store(&d->last_progress_ms, wall_ms());
+        atomic_store(&d->last_progress_ms, mono_ms());
         r = pthread_create(&d->thread, NULL, deliver_main, d);
         if (r != 0) {
                 ch_error_set(err, "starting the delivery thread failed: %s", strerror(r));
@@ -900,6 +997,29 @@ void deliver_wake(struct deliver *d)
 int64_t deliver_last_progress_ms(const struct deliver *d)
 {
         return atomic_load(&((struct deliver *)d)->last_progress_ms);
+}
+
+int deliver_reconfigure(struct deliver *d, const struct config *cfg, struct ch_error *err)
+{
+        struct hook_state *h = NULL;
+        int64_t lease_ms = 0;
+        size_t n = 0;
+        int r;
+
+        r = hooks_build(cfg, d->metrics, &h, &n, &lease_ms, err);
+        if (r < 0)
+                return r;
+        pthread_mutex_lock(&d->reconf_lock);
+        d->next_hooks = h;
+        d->next_n_hooks = n;
+        d->next_cfg = cfg;
+        d->next_lease_ms = lease_ms;
+        d->reconf_pending = true;
+        curl_multi_wakeup(d->multi);
+        while (d->reconf_pending)
+                pthread_cond_wait(&d->reconf_taken, &d->reconf_lock);
+        pthread_mutex_unlock(&d->reconf_lock);
+        return 0;
 }
 
 struct deliver *deliver_stop(struct deliver *d, int64_t grace_ms)

@@ -2,7 +2,9 @@
  * histogram bucket, so recording a request costs a few uncontended increments and a scrape
  * never blocks the request path. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,7 @@ static const double duration_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025
 
 static const char *const event_results[METRICS_EVENT__COUNT] = {"queued", "ignored", "dead"};
 static const char *const delivery_results[METRICS_DELIVERY__COUNT] = {"delivered", "retry", "dead"};
+static const char *const reload_results[METRICS_RELOAD__COUNT] = {"applied", "refused"};
 static const char *const gauge_names[METRICS_GAUGE__COUNT] = {
     "ctxhookd_outbox_depth", "ctxhookd_kafka_lag", "ctxhookd_dead_letters"};
 static const char *const gauge_help[METRICS_GAUGE__COUNT] = {
@@ -37,11 +40,16 @@ struct metrics {
         atomic_uint_fast64_t http_by_status[STATUS_SLOTS];
         struct histogram http_duration;
         atomic_uint_fast64_t events[METRICS_EVENT__COUNT];
+        /* Hook names, only ever appended (under hooks_lock) and published by n_hooks, so a
+         * reader sees complete names without a lock and a hook keeps its counters across
+         * reloads. */
+        pthread_mutex_t hooks_lock;
         char *hooks[METRICS_HOOKS_MAX];
-        size_t n_hooks;
+        atomic_size_t n_hooks;
         atomic_uint_fast64_t deliveries[METRICS_HOOKS_MAX][METRICS_DELIVERY__COUNT];
         struct histogram delivery_duration;
         atomic_llong gauges[METRICS_GAUGE__COUNT];
+        atomic_uint_fast64_t reloads[METRICS_RELOAD__COUNT];
         double start_time;
 };
 
@@ -52,6 +60,7 @@ struct metrics *metrics_new(void)
 
         if (!m)
                 return NULL;
+        pthread_mutex_init(&m->hooks_lock, NULL);
         clock_gettime(CLOCK_REALTIME, &ts);
         m->start_time = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
         return m;
@@ -61,8 +70,9 @@ struct metrics *metrics_free(struct metrics *m)
 {
         if (!m)
                 return NULL;
-        for (size_t i = 0; i < m->n_hooks; i++)
+        for (size_t i = 0; i < atomic_load(&m->n_hooks); i++)
                 free(m->hooks[i]);
+        pthread_mutex_destroy(&m->hooks_lock);
         free(m);
         return NULL;
 }
@@ -93,33 +103,57 @@ void metrics_event(struct metrics *m, enum metrics_event_result r, unsigned long
                 atomic_fetch_add_explicit(&m->events[r], n, memory_order_relaxed);
 }
 
-int metrics_set_hooks(struct metrics *m, const char *const *names, size_t n)
+static bool hook_known(const struct metrics *m, size_t n, const char *name, size_t *ret)
 {
-        char *copies[METRICS_HOOKS_MAX];
-
-        if (n > METRICS_HOOKS_MAX)
-                return -E2BIG;
-        for (size_t i = 0; i < n; i++) {
-                copies[i] = strdup(names[i]);
-                if (!copies[i]) {
-                        while (i > 0)
-                                free(copies[--i]);
-                        return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                if (strcmp(m->hooks[i], name) == 0) {
+                        if (ret)
+                                *ret = i;
+                        return true;
                 }
-        }
-        for (size_t i = 0; i < m->n_hooks; i++)
-                free(m->hooks[i]);
-        memcpy(m->hooks, copies, n * sizeof(copies[0]));
-        m->n_hooks = n;
-        return 0;
+        return false;
 }
 
-void metrics_delivery(struct metrics *m, size_t hook, enum metrics_delivery_result r,
+int metrics_set_hooks(struct metrics *m, const char *const *names, size_t n)
+{
+        size_t have, add = 0;
+        int r = 0;
+
+        pthread_mutex_lock(&m->hooks_lock);
+        have = atomic_load_explicit(&m->n_hooks, memory_order_relaxed);
+        for (size_t i = 0; i < n; i++) {
+                bool repeated = false;
+
+                for (size_t j = 0; j < i && !repeated; j++)
+                        repeated = strcmp(names[i], names[j]) == 0;
+                if (!repeated && !hook_known(m, have, names[i], NULL))
+                        add++;
+        }
+        if (have + add > METRICS_HOOKS_MAX)
+                r = -E2BIG;
+        for (size_t i = 0; r == 0 && i < n; i++) {
+                size_t now = atomic_load_explicit(&m->n_hooks, memory_order_relaxed);
+
+                if (hook_known(m, now, names[i], NULL))
+                        continue;
+                m->hooks[now] = strdup(names[i]);
+                if (!m->hooks[now])
+                        r = -ENOMEM;
+                else
+                        atomic_store_explicit(&m->n_hooks, now + 1, memory_order_release);
+        }
+        pthread_mutex_unlock(&m->hooks_lock);
+        return r;
+}
+
+void metrics_delivery(struct metrics *m, const char *hook, enum metrics_delivery_result r,
                       double seconds)
 {
-        if (hook >= m->n_hooks || (unsigned)r >= METRICS_DELIVERY__COUNT)
+        size_t n = atomic_load_explicit(&m->n_hooks, memory_order_acquire), slot;
+
+        if (!hook || !hook_known(m, n, hook, &slot) || (unsigned)r >= METRICS_DELIVERY__COUNT)
                 return;
-        atomic_fetch_add_explicit(&m->deliveries[hook][r], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&m->deliveries[slot][r], 1, memory_order_relaxed);
         histogram_observe(&m->delivery_duration, seconds);
 }
 
@@ -127,6 +161,19 @@ void metrics_gauge_set(struct metrics *m, enum metrics_gauge g, long long value)
 {
         if ((unsigned)g < METRICS_GAUGE__COUNT)
                 atomic_store_explicit(&m->gauges[g], value, memory_order_relaxed);
+}
+
+long long metrics_gauge_get(struct metrics *m, enum metrics_gauge g)
+{
+        if ((unsigned)g >= METRICS_GAUGE__COUNT)
+                return 0;
+        return atomic_load_explicit(&m->gauges[g], memory_order_relaxed);
+}
+
+void metrics_reload(struct metrics *m, enum metrics_reload_result r)
+{
+        if ((unsigned)r < METRICS_RELOAD__COUNT)
+                atomic_fetch_add_explicit(&m->reloads[r], 1, memory_order_relaxed);
 }
 
 static uint64_t load(atomic_uint_fast64_t *v)
@@ -207,7 +254,9 @@ int metrics_render(struct metrics *m, struct buf *out)
                 r = buf_append_str(out, "# HELP ctxhookd_deliveries_total Webhook delivery "
                                         "attempts by hook and outcome.\n"
                                         "# TYPE ctxhookd_deliveries_total counter\n");
-        for (size_t h = 0; r == 0 && h < m->n_hooks; h++)
+        size_t n_hooks = atomic_load_explicit(&m->n_hooks, memory_order_acquire);
+
+        for (size_t h = 0; r == 0 && h < n_hooks; h++)
                 for (size_t i = 0; r == 0 && i < METRICS_DELIVERY__COUNT; i++) {
                         r = buf_append_str(out, "ctxhookd_deliveries_total{hook=\"");
                         if (r == 0)
@@ -220,6 +269,13 @@ int metrics_render(struct metrics *m, struct buf *out)
                 r = render_histogram(out, "ctxhookd_delivery_duration_seconds",
                                      "Time of one webhook delivery attempt.",
                                      &m->delivery_duration);
+        if (r == 0)
+                r = buf_append_str(out, "# HELP ctxhookd_config_reloads_total Configuration "
+                                        "reloads (SIGHUP) by outcome.\n"
+                                        "# TYPE ctxhookd_config_reloads_total counter\n");
+        for (size_t i = 0; r == 0 && i < METRICS_RELOAD__COUNT; i++)
+                r = buf_printf(out, "ctxhookd_config_reloads_total{result=\"%s\"} %llu\n",
+                               reload_results[i], (unsigned long long)load(&m->reloads[i]));
         for (size_t g = 0; r == 0 && g < METRICS_GAUGE__COUNT; g++)
                 r = buf_printf(
                     out, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", gauge_names[g], gauge_help[g],

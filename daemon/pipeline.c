@@ -5,6 +5,7 @@
  * pipeline_process (or pipeline_process_batch) returns 0. */
 #include <errno.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,10 @@
 struct pipeline {
         struct store *store;
         struct metrics *metrics;
+        /* Read-held by every call for as long as it uses cfg (its hooks above all); a reload
+         * write-holds it to swap in the next config, so the old one is unused once
+         * pipeline_reconfigure returns. */
+        pthread_rwlock_t lock;
         const struct config *cfg;
 };
 
@@ -24,20 +29,37 @@ int pipeline_new(struct store *store, struct metrics *metrics, const struct conf
                  struct pipeline **ret)
 {
         struct pipeline *p = calloc(1, sizeof(*p));
+        pthread_rwlockattr_t attr;
 
         if (!p)
                 return -ENOMEM;
         p->store = store;
         p->metrics = metrics;
         p->cfg = cfg;
+        /* Writer first: under steady load a reload must not wait for a gap between readers.
+         * (No call takes the read lock twice, which this kind forbids.) */
+        pthread_rwlockattr_init(&attr);
+        pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+        pthread_rwlock_init(&p->lock, &attr);
+        pthread_rwlockattr_destroy(&attr);
         *ret = p;
         return 0;
 }
 
 struct pipeline *pipeline_free(struct pipeline *p)
 {
+        if (!p)
+                return NULL;
+        pthread_rwlock_destroy(&p->lock);
         free(p);
         return NULL;
+}
+
+void pipeline_reconfigure(struct pipeline *p, const struct config *cfg)
+{
+        pthread_rwlock_wrlock(&p->lock);
+        p->cfg = cfg;
+        pthread_rwlock_unlock(&p->lock);
 }
 
 void pipeline_deliveries_free(struct pipeline_delivery *d, size_t n)
@@ -231,6 +253,15 @@ static int build_all(struct pipeline *p, const struct event_batch *batch, int64_
         return 0;
 }
 
+static int parse_locked(struct pipeline *p, const char *source, const char *default_account,
+                        const char *data, size_t len, int64_t now_ms, struct event_batch *ret,
+                        struct ch_error *err)
+{
+        return event_parse(data, len, (size_t)p->cfg->kafka.max_message_bytes, source,
+                           default_account ? default_account : p->cfg->kafka.account, now_ms, ret,
+                           err);
+}
+
 /* Parses and builds; a message that cannot be parsed gives res->dead with the reason. */
 static int parse_and_build(struct pipeline *p, const char *source, const char *default_account,
                            const char *data, size_t len, int64_t now_ms,
@@ -244,7 +275,7 @@ static int parse_and_build(struct pipeline *p, const char *source, const char *d
         memset(res, 0, sizeof(*res));
         *ret = NULL;
         *ret_n = 0;
-        r = pipeline_parse(p, source, default_account, data, len, now_ms, &batch, &err);
+        r = parse_locked(p, source, default_account, data, len, now_ms, &batch, &err);
         if (r == -ENOMEM)
                 return r; /* not the message's fault: it is not a dead letter */
         if (r < 0) {
@@ -262,16 +293,24 @@ int pipeline_parse(struct pipeline *p, const char *source, const char *default_a
                    const char *data, size_t len, int64_t now_ms, struct event_batch *ret,
                    struct ch_error *err)
 {
-        return event_parse(data, len, (size_t)p->cfg->kafka.max_message_bytes, source,
-                           default_account ? default_account : p->cfg->kafka.account, now_ms, ret,
-                           err);
+        int r;
+
+        pthread_rwlock_rdlock(&p->lock);
+        r = parse_locked(p, source, default_account, data, len, now_ms, ret, err);
+        pthread_rwlock_unlock(&p->lock);
+        return r;
 }
 
 int pipeline_build(struct pipeline *p, const char *source, const char *data, size_t len,
                    int64_t now_ms, struct pipeline_result *ret,
                    struct pipeline_delivery **ret_deliveries, size_t *ret_n)
 {
-        return parse_and_build(p, source, NULL, data, len, now_ms, ret, ret_deliveries, ret_n);
+        int r;
+
+        pthread_rwlock_rdlock(&p->lock);
+        r = parse_and_build(p, source, NULL, data, len, now_ms, ret, ret_deliveries, ret_n);
+        pthread_rwlock_unlock(&p->lock);
+        return r;
 }
 
 /* A message of a batch while it is built: its outcome and what to store for it. */
@@ -377,12 +416,14 @@ int pipeline_process_batch(struct pipeline *p, const struct pipeline_message *ms
         b = calloc(n, sizeof(*b));
         if (!b)
                 return -ENOMEM;
+        pthread_rwlock_rdlock(&p->lock);
         for (size_t i = 0; r == 0 && i < n; i++)
                 r = parse_and_build(p, msgs[i].source, msgs[i].default_account, msgs[i].data,
                                     msgs[i].len, now_ms, &b[i].res, &b[i].d, &b[i].n);
         if (r == 0)
                 r = store_built(p, msgs, b, n, now_ms, ret_results);
         built_free(b, n);
+        pthread_rwlock_unlock(&p->lock);
         return r;
 }
 

@@ -1,8 +1,15 @@
 /* Wiring of the daemon's parts and its life cycle. Signals are blocked in every thread and
  * taken synchronously by the main thread with sigtimedwait(), so no code runs in signal
- * context; the sweeper thread deletes expired Context API data on a timer. */
+ * context. Between signals the main thread is the watchdog: each tick it asks every worker
+ * thread (HTTP, consumer, delivery, sweeper) when it last made progress and sends systemd
+ * WATCHDOG=1 only when none is stuck, and it keeps STATUS= up to date. SIGHUP reloads the
+ * config file: hooks, [log], [delivery] and [kafka] account/max_message_bytes change live,
+ * everything else keeps its running value and the log says it needs a restart. The sweeper
+ * thread deletes expired Context API data on a timer. */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -22,6 +29,11 @@
 /* How long deliveries in flight may take to finish on SIGTERM (systemd's TimeoutStopSec is
  * 30 s). */
 #define STOP_GRACE_MS 5000
+/* Without a systemd watchdog, a thread stuck this long is still logged. */
+#define STALL_LOG_MS 60000
+/* The main thread's tick: watchdog pings and STATUS= updates. */
+#define TICK_MAX_MS 1000
+#define TICK_MIN_MS 50
 
 struct sweeper {
         pthread_t thread;
@@ -30,8 +42,17 @@ struct sweeper {
         bool stop;
         struct store *store;
         long long interval_s;
-        long long retention_s;
+        _Atomic long long retention_s; /* [delivery] retention_s: a reload changes it */
+        _Atomic int64_t busy_since_ms; /* CLOCK_MONOTONIC; 0 while waiting (watchdog) */
 };
+
+static int64_t mono_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 long long service_now_ms(void)
 {
@@ -59,17 +80,20 @@ static void *sweeper_main(void *arg)
                 if (sw->stop)
                         break;
                 pthread_mutex_unlock(&sw->lock);
+                atomic_store(&sw->busy_since_ms, mono_ms());
                 r = store_sweep(sw->store, service_now_ms(), &deleted);
                 if (r < 0)
                         log_warning("sweeper: deleting expired data failed: %s", strerror(-r));
                 else if (deleted > 0)
                         log_info("sweeper: deleted %lld expired rows", (long long)deleted);
-                r = store_dedup_expire(sw->store, service_now_ms() - sw->retention_s * 1000,
+                r = store_dedup_expire(sw->store,
+                                       service_now_ms() - atomic_load(&sw->retention_s) * 1000,
                                        &deleted);
                 if (r < 0)
                         log_warning("sweeper: forgetting old dedup keys failed: %s", strerror(-r));
                 else if (deleted > 0)
                         log_debug("sweeper: forgot %lld dedup keys", (long long)deleted);
+                atomic_store(&sw->busy_since_ms, 0);
                 pthread_mutex_lock(&sw->lock);
         }
         pthread_mutex_unlock(&sw->lock);
@@ -84,7 +108,8 @@ static int sweeper_start(struct sweeper *sw, struct store *store, const struct c
         sw->stop = false;
         sw->store = store;
         sw->interval_s = cfg->store.sweep_interval_s;
-        sw->retention_s = cfg->delivery.retention_s;
+        atomic_store(&sw->retention_s, cfg->delivery.retention_s);
+        atomic_store(&sw->busy_since_ms, 0);
         pthread_mutex_init(&sw->lock, NULL);
         pthread_condattr_init(&attr);
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -110,29 +135,6 @@ static void sweeper_stop(struct sweeper *sw)
         pthread_mutex_destroy(&sw->lock);
 }
 
-/* Blocks until SIGTERM or SIGINT arrives; SIGHUP is acknowledged and ignored for now (only
- * hooks will be reloadable, and there are none yet). Returns the signal number. */
-static int wait_for_stop(const sigset_t *set)
-{
-        for (;;) {
-                siginfo_t info;
-                int sig = sigwaitinfo(set, &info);
-
-                if (sig < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        log_error("waiting for signals failed: %s", strerror(errno));
-                        return SIGTERM;
-                }
-                if (sig == SIGHUP) {
-                        log_notice("SIGHUP received: nothing is reloadable yet; the listen "
-                                   "address and store path need a restart");
-                        continue;
-                }
-                return sig;
-        }
-}
-
 /* "listening on http://HOST:PORT" with the port actually bound, which differs from the
  * configured one when that was 0. listen is a validated "host:port". */
 static void format_listening(const char *listen, unsigned port, char *out, size_t size)
@@ -145,7 +147,8 @@ static void format_listening(const char *listen, unsigned port, char *out, size_
 
 /* The parts of a running daemon, in the order they start; they stop in reverse. */
 struct service {
-        const struct config *cfg;
+        const struct config *cfg; /* as started: what needs a restart comes from here */
+        struct config *reloaded;  /* the config in force since the last reload, or NULL */
         struct store *store;
         struct metrics *metrics;
         struct pipeline *pipeline;
@@ -154,7 +157,18 @@ struct service {
         struct api *api;
         struct sweeper sweeper;
         bool sweeper_running;
+
+        char listening[128];  /* "listening on http://…" */
+        char status[512];     /* the last STATUS= sent */
+        int64_t watchdog_ms;  /* systemd's WatchdogSec, 0 = none */
+        int stalled;          /* index of the stalled part being reported, -1 = none */
 };
+
+/* The config whose live options are in force. */
+static const struct config *service_config(const struct service *sv)
+{
+        return sv->reloaded ? sv->reloaded : sv->cfg;
+}
 
 /* /readyz: with Kafka configured, ready once partitions are assigned. */
 static bool service_ready(void *ctx, char *why, size_t why_size)
@@ -253,12 +267,189 @@ static void service_stop(struct service *sv)
         sv->pipeline = pipeline_free(sv->pipeline);
         sv->metrics = metrics_free(sv->metrics);
         sv->store = store_close(sv->store);
+        sv->reloaded = config_free(sv->reloaded);
+}
+
+/* "a, b, c" of the hooks of `of` that `in` has (want_in) or lacks (!want_in). */
+static void hook_names_where(const struct config *of, const struct config *in, bool want_in,
+                             char *out, size_t size)
+{
+        size_t len = 0;
+
+        out[0] = '\0';
+        for (size_t i = 0; i < of->n_hooks && len < size; i++) {
+                bool found = false;
+
+                for (size_t j = 0; j < in->n_hooks && !found; j++)
+                        found = strcmp(of->hooks[i].name, in->hooks[j].name) == 0;
+                if (found != want_in)
+                        continue;
+                len += (size_t)snprintf(out + len, size - len, "%s%s", len ? ", " : "",
+                                        of->hooks[i].name);
+        }
+        if (!out[0])
+                snprintf(out, size, "none");
+}
+
+static void log_lines(int level, const char *prefix, const char *text)
+{
+        while (*text) {
+                const char *nl = strchr(text, '\n');
+                int n = nl ? (int)(nl - text) : (int)strlen(text);
+
+                log_msg(level, "%s%.*s", prefix, n, text);
+                text += n + (nl ? 1 : 0);
+        }
+}
+
+/* SIGHUP: reads the file the daemon started with again. A config that does not validate, or
+ * whose hooks cannot be set up, is refused as a whole and the running one stays in force.
+ * Order matters: the deliverer learns new hooks before the pipeline queues work for them. */
+static void service_reload(struct service *sv)
+{
+        const struct config *running = service_config(sv);
+        const char *path = strcmp(sv->cfg->source, "<embedded>") == 0 ? NULL : sv->cfg->source;
+        struct config *next = NULL;
+        struct ch_error err = {{0}}, notes = {{0}};
+        char added[512], removed[512];
+        int r;
+
+        notify_reloading("reloading the configuration");
+        log_notice("SIGHUP: reloading the configuration from %s", sv->cfg->source);
+        r = config_load(path, &next, &err);
+        if (r < 0) {
+                log_lines(LOG_LEVEL_ERR, "reload refused: ", err.msg);
+                goto refused;
+        }
+        r = config_keep_restart_options(next, running, &notes);
+        if (r < 0) {
+                snprintf(err.msg, sizeof(err.msg), "out of memory");
+                log_error("reload refused: out of memory");
+                goto refused;
+        }
+        log_lines(LOG_LEVEL_WARNING, "reload: ", notes.msg);
+        if (sv->deliver) {
+                r = deliver_reconfigure(sv->deliver, next, &err);
+                if (r < 0) {
+                        log_error("reload refused: %s", err.msg);
+                        goto refused;
+                }
+        }
+        pipeline_reconfigure(sv->pipeline, next);
+        if (sv->consumer)
+                consumer_set_outbox_max(sv->consumer, next->delivery.outbox_max);
+        atomic_store(&sv->sweeper.retention_s, next->delivery.retention_s);
+        log_set_level(log_level_from_string(next->log.level));
+
+        hook_names_where(next, running, false, added, sizeof(added));
+        hook_names_where(running, next, false, removed, sizeof(removed));
+        log_notice("configuration reloaded: %zu hook(s); added: %s; removed: %s; log level %s",
+                   next->n_hooks, added, removed, next->log.level);
+        if (strcmp(removed, "none") != 0)
+                log_warning("reload: queued deliveries of removed hooks (%s) become dead letters "
+                            "when they fall due; add the hook back and redrive them to send them",
+                            removed);
+        /* Nothing uses the previous config any more: the deliverer and the pipeline have both
+         * switched. The one the daemon started with stays: restart-only parts read it. */
+        config_free(sv->reloaded);
+        sv->reloaded = next;
+        metrics_reload(sv->metrics, METRICS_RELOAD_APPLIED);
+        notify_ready(sv->status);
+        return;
+
+refused:
+        config_free(next);
+        metrics_reload(sv->metrics, METRICS_RELOAD_REFUSED);
+        /* The first line of the reason: STATUS= is one line. */
+        snprintf(sv->status, sizeof(sv->status), "reload refused (the running configuration "
+                 "stays in force): %.*s", (int)strcspn(err.msg, "\n"), err.msg);
+        notify_ready(sv->status);
+}
+
+/* STATUS=: where it listens, what it consumes, how much waits. Sent when it changes. */
+static void update_status(struct service *sv)
+{
+        char text[sizeof(sv->status)];
+        long long depth = metrics_gauge_get(sv->metrics, METRICS_OUTBOX_DEPTH);
+        long long dead = metrics_gauge_get(sv->metrics, METRICS_DEAD_LETTERS);
+        char kafka[300];
+
+        if (!sv->consumer)
+                snprintf(kafka, sizeof(kafka), "not consuming from Kafka");
+        else if (consumer_ready(sv->consumer))
+                snprintf(kafka, sizeof(kafka), "consuming %s", sv->cfg->kafka.topic);
+        else
+                snprintf(kafka, sizeof(kafka), "waiting for partitions of %s",
+                         sv->cfg->kafka.topic);
+        snprintf(text, sizeof(text), "%s; %s; outbox %lld queued, %lld dead letters",
+                 sv->listening, kafka, depth, dead);
+        if (strcmp(text, sv->status) == 0)
+                return;
+        snprintf(sv->status, sizeof(sv->status), "%s", text);
+        notify_status(sv->status);
+}
+
+/* The watchdog's tick: WATCHDOG=1 only while no thread is stuck; a stall (and its end) is
+ * logged once. Without a systemd watchdog, stalls are still logged after STALL_LOG_MS. */
+static void watchdog_tick(struct service *sv)
+{
+        struct notify_part parts[4];
+        size_t n = 0;
+        int64_t now = mono_ms(), limit = sv->watchdog_ms ? sv->watchdog_ms / 2 : STALL_LOG_MS;
+        int stalled;
+
+        parts[n++] = (struct notify_part){"HTTP", api_busy_since_ms(sv->api)};
+        if (sv->consumer)
+                parts[n++] = (struct notify_part){"Kafka consumer",
+                                                  consumer_last_progress_ms(sv->consumer)};
+        parts[n++] = (struct notify_part){"delivery", deliver_last_progress_ms(sv->deliver)};
+        parts[n++] = (struct notify_part){"sweeper", atomic_load(&sv->sweeper.busy_since_ms)};
+        stalled = notify_stalled(parts, n, now, limit);
+        if (stalled >= 0 && sv->stalled < 0)
+                log_error("watchdog: the %s thread has made no progress for %" PRId64
+                          " ms%s",
+                          parts[stalled].name, now - parts[stalled].since_ms,
+                          sv->watchdog_ms ? "; no longer telling systemd that all is well" : "");
+        else if (stalled < 0 && sv->stalled >= 0)
+                log_notice("watchdog: every thread makes progress again");
+        sv->stalled = stalled;
+        if (stalled < 0 && sv->watchdog_ms)
+                notify_watchdog();
+}
+
+/* The tick: a quarter of the watchdog interval, so a ping is never late, within bounds. */
+static int64_t tick_ms(const struct service *sv)
+{
+        int64_t t = sv->watchdog_ms ? sv->watchdog_ms / 4 : TICK_MAX_MS;
+
+        return t < TICK_MIN_MS ? TICK_MIN_MS : t > TICK_MAX_MS ? TICK_MAX_MS : t;
+}
+
+/* Until SIGTERM or SIGINT: reloads on SIGHUP, ticks in between. Returns the signal. */
+static int service_loop(struct service *sv, const sigset_t *set)
+{
+        for (;;) {
+                int64_t t = tick_ms(sv);
+                struct timespec timeout = {t / 1000, (long)(t % 1000) * 1000000L};
+                siginfo_t info;
+                int sig = sigtimedwait(set, &info, &timeout);
+
+                if (sig < 0 && errno != EAGAIN && errno != EINTR) {
+                        log_error("waiting for signals failed: %s", strerror(errno));
+                        return SIGTERM;
+                }
+                if (sig == SIGHUP)
+                        service_reload(sv);
+                else if (sig > 0)
+                        return sig;
+                watchdog_tick(sv);
+                update_status(sv);
+        }
 }
 
 int service_run(const struct config *cfg)
 {
-        struct service sv = {0};
-        char status[256];
+        struct service sv = {.stalled = -1};
         sigset_t set;
         int r, sig;
 
@@ -280,11 +471,16 @@ int service_run(const struct config *cfg)
                 service_stop(&sv);
                 return r;
         }
-        format_listening(cfg->api.listen, api_port(sv.api), status, sizeof(status));
-        log_notice("%s (store %s)", status, cfg->store.path);
-        notify_ready(status);
+        format_listening(cfg->api.listen, api_port(sv.api), sv.listening, sizeof(sv.listening));
+        log_notice("%s (store %s)", sv.listening, cfg->store.path);
+        sv.watchdog_ms = notify_watchdog_interval_ms();
+        if (sv.watchdog_ms > 0)
+                log_info("watchdog: systemd expects a sign of life every %" PRId64 " ms",
+                         sv.watchdog_ms);
+        update_status(&sv);
+        notify_ready(sv.status);
 
-        sig = wait_for_stop(&set);
+        sig = service_loop(&sv, &set);
         log_notice("%s received, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
         notify_stopping("shutting down");
         service_stop(&sv);

@@ -1478,3 +1478,73 @@ Test(config, print_without_hooks_says_so_and_loads_back)
         config_free(again);
         config_free(c);
 }
+
+/* ---- reload ---- */
+
+Test(config, reload_keeps_restart_only_options_and_says_which)
+{
+        struct config *running = load_ok("[api]\nlisten = 127.0.0.1:8080\nadmin_token = "
+                                         "0123456789abcdef\n[store]\npath = a.db\n"
+                                         "[kafka]\nbrokers = k1:9092\nsocket.timeout.ms = 1000\n"
+                                         "account = 111\n[log]\nlevel = info\n");
+        struct config *next = load_ok("[api]\nlisten = 127.0.0.1:9090\nadmin_token = "
+                                      "fedcba9876543210\nthreads = 3\n[store]\npath = b.db\n"
+                                      "[kafka]\nbrokers = k1:9092\nsocket.timeout.ms = 2000\n"
+                                      "account = 222\n[log]\nlevel = debug\n"
+                                      "[delivery]\nmax_in_flight = 7\nretry_base_ms = 50\n");
+        struct ch_error notes = {{0}};
+        int kept = config_keep_restart_options(next, running, &notes);
+
+        /* listen, admin_token, threads, path, max_in_flight, the librdkafka properties. */
+        cr_assert_eq(kept, 6, "kept %d:\n%s", kept, notes.msg);
+        cr_assert_eq(count_lines(notes.msg), 6, "%s", notes.msg);
+        cr_assert(strstr(notes.msg, "[api] listen: \"127.0.0.1:8080\" → \"127.0.0.1:9090\" needs a "
+                                    "restart; \"127.0.0.1:8080\" stays in force"),
+                  "%s", notes.msg);
+        cr_assert(strstr(notes.msg, "[api] threads: 0 → 3 needs a restart"), "%s", notes.msg);
+        cr_assert(strstr(notes.msg, "[store] path: \"a.db\" → \"b.db\""), "%s", notes.msg);
+        cr_assert(strstr(notes.msg, "[delivery] max_in_flight: 64 → 7"), "%s", notes.msg);
+        cr_assert(strstr(notes.msg, "[kafka] librdkafka properties changed"), "%s", notes.msg);
+        /* A secret is named, never shown. */
+        cr_assert(strstr(notes.msg, "[api] admin_token: changed"), "%s", notes.msg);
+        cr_assert_null(strstr(notes.msg, "fedcba"));
+        cr_assert_null(strstr(notes.msg, "0123456789"));
+        /* The restart-only values are the running ones again; the live ones are the new. */
+        cr_assert_str_eq(next->api.listen, "127.0.0.1:8080");
+        cr_assert_str_eq(next->api.admin_token, "0123456789abcdef");
+        cr_assert_eq(next->api.threads, 0);
+        cr_assert_str_eq(next->store.path, "a.db");
+        cr_assert_eq(next->delivery.max_in_flight, 64);
+        cr_assert_eq(next->kafka.n_extra, 1);
+        cr_assert_str_eq(next->kafka.extra[0].value, "1000");
+        cr_assert_str_eq(next->kafka.account, "222");
+        cr_assert_str_eq(next->log.level, "debug");
+        cr_assert_eq(next->delivery.retry_base_ms, 50);
+        config_free(running);
+        config_free(next);
+}
+
+Test(config, reload_of_the_same_file_keeps_nothing)
+{
+        struct config *running = load_ok(config_embedded_text);
+        struct config *next = load_ok(config_embedded_text);
+        struct ch_error notes = {{0}};
+
+        cr_assert_eq(config_keep_restart_options(next, running, &notes), 0, "%s", notes.msg);
+        cr_assert_str_eq(notes.msg, "");
+        config_free(running);
+        config_free(next);
+}
+
+Test(config, which_options_change_live)
+{
+        cr_assert(config_option_live("hook", "url"));
+        cr_assert(config_option_live("log", "level"));
+        cr_assert(config_option_live("delivery", "retry_max_ms"));
+        cr_assert(config_option_live("kafka", "account"));
+        cr_assert_not(config_option_live("delivery", "max_in_flight"));
+        cr_assert_not(config_option_live("api", "listen"));
+        cr_assert_not(config_option_live("store", "path"));
+        cr_assert_not(config_option_live("kafka", "brokers"));
+        cr_assert_not(config_option_live("no", "such"));
+}

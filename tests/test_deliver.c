@@ -1054,7 +1054,8 @@ Test(deliver, a_delivery_for_an_unconfigured_hook_is_a_dead_letter)
         cr_assert(WAIT_UNTIL(depth() == 0 && dead_count() == 1, 5000), "not finished");
         reason = dead_reason("NOHOOK");
         cr_assert_not_null(reason);
-        cr_assert_str_eq(reason, "hook 'removed-hook' is not configured");
+        cr_assert_str_eq(reason,
+                         "hook 'removed-hook' is not configured (any more: removed by a reload?)");
         free(reason);
         cr_assert_eq(sink_count("msg_gone"), 0);
         cr_assert_eq(sink_count("msg_here"), 1);
@@ -1082,7 +1083,7 @@ Test(deliver, wake_sends_at_once_instead_of_at_the_next_tick)
         cr_assert_eq(sink_read(&sink.connections), 1, "keep-alive: %u connections for 5 calls",
                      sink_read(&sink.connections));
         progress = deliver_last_progress_ms(fx.deliver);
-        cr_assert(progress > wall_ms() - 2000 && progress <= wall_ms(), "progress %lld",
+        cr_assert(progress > mono_ms() - 2000 && progress <= mono_ms(), "progress %lld",
                   (long long)progress);
 }
 
@@ -1166,4 +1167,95 @@ Test(deliver, keeps_going_through_store_failures)
         cr_assert_eq(count_of(logtext, "<4>delivery: "), 1, "log: %s", logtext);
         cr_assert_eq(count_of(logtext, "the store works again"), 1, "log: %s", logtext);
         free(logtext);
+}
+
+/* ---- reload ---- */
+
+/* The config a reload hands over; static, as the deliverer keeps pointing at it. */
+static struct config next_cfg;
+static struct config_hook next_hooks[2];
+static char next_urls[2][128];
+
+static const char *path_of(const char *webhook_id)
+{
+        size_t idx[2];
+
+        if (sink_find(webhook_id, idx, 2) != 1)
+                return "(not exactly once)";
+        return sink.reqs[idx[0]].path;
+}
+
+Test(deliver, reconfigure_changes_hooks_and_lets_calls_in_flight_finish)
+{
+        struct ch_error err = {{0}};
+        struct buf out;
+        char *reason;
+
+        add_hook("a", "/a-old", NULL);
+        add_hook("gone", "/gone", NULL);
+        with_metrics();
+        SCRIPT("msg_inflight", {.status = 200, .delay_ms = 700});
+        enqueue("a", "c1", "msg_inflight", "{}");
+        start();
+        cr_assert(WAIT_UNTIL(sink_count("msg_inflight") == 1, 5000), "not sent");
+
+        /* The reload: a moves to another URL, gone goes, b comes. */
+        next_cfg = fx.cfg;
+        next_cfg.hooks = next_hooks;
+        next_cfg.n_hooks = 2;
+        next_hooks[0] = fx.hooks[0];
+        snprintf(next_urls[0], sizeof(next_urls[0]), "http://127.0.0.1:%u/a-new", sink.port);
+        next_hooks[0].url = next_urls[0];
+        next_hooks[1] = fx.hooks[0];
+        next_hooks[1].name = (char *)"b";
+        snprintf(next_urls[1], sizeof(next_urls[1]), "http://127.0.0.1:%u/b", sink.port);
+        next_hooks[1].url = next_urls[1];
+        cr_assert_eq(deliver_reconfigure(fx.deliver, &next_cfg, &err), 0, "%s", err.msg);
+        /* The old config is no longer looked at: wreck it. */
+        memset(fx.urls, 0, sizeof(fx.urls));
+        memset(fx.hooks, 0, sizeof(fx.hooks));
+
+        enqueue("a", "c2", "msg_a_new", "{}");
+        enqueue("b", "c3", "msg_b", "{}");
+        enqueue("gone", "c4", "msg_gone", "{\"m\":\"GONE\"}");
+        deliver_wake(fx.deliver);
+        cr_assert(WAIT_UNTIL(depth() == 0 && dead_count() == 1, 5000), "not finished: depth %lld",
+                  (long long)depth());
+        /* The call in flight finished where it started, once; the rest follow the new hooks. */
+        cr_assert_str_eq(path_of("msg_inflight"), "/a-old");
+        cr_assert_str_eq(path_of("msg_a_new"), "/a-new");
+        cr_assert_str_eq(path_of("msg_b"), "/b");
+        cr_assert_eq(sink_count("msg_gone"), 0);
+        reason = dead_reason("GONE");
+        cr_assert_not_null(reason);
+        cr_assert(strstr(reason, "hook 'gone' is not configured"), "%s", reason);
+        free(reason);
+        /* The counters know the new hook, and a keeps counting. */
+        buf_init(&out, 1 << 20);
+        cr_assert_eq(metrics_render(fx.metrics, &out), 0);
+        cr_assert(strstr(out.data, "ctxhookd_deliveries_total{hook=\"a\",result=\"delivered\"} 2\n"),
+                  "%s", out.data);
+        cr_assert(strstr(out.data, "ctxhookd_deliveries_total{hook=\"b\",result=\"delivered\"} 1\n"),
+                  "%s", out.data);
+        buf_free(&out);
+}
+
+Test(deliver, reconfigure_with_a_bad_secret_changes_nothing)
+{
+        struct ch_error err = {{0}};
+
+        add_hook("a", "/a", NULL);
+        start();
+        next_cfg = fx.cfg;
+        next_cfg.hooks = next_hooks;
+        next_cfg.n_hooks = 1;
+        next_hooks[0] = fx.hooks[0];
+        next_hooks[0].url = (char *)"http://127.0.0.1:1/never";
+        next_hooks[0].secret = (char *)"whsec_not*base64";
+        cr_assert_lt(deliver_reconfigure(fx.deliver, &next_cfg, &err), 0);
+        cr_assert(strstr(err.msg, "hook 'a'"), "%s", err.msg);
+        enqueue("a", "c1", "msg_still", "{}");
+        deliver_wake(fx.deliver);
+        cr_assert(WAIT_UNTIL(depth() == 0, 5000), "not delivered with the old hooks");
+        cr_assert_str_eq(path_of("msg_still"), "/a");
 }

@@ -80,10 +80,10 @@ Test(metrics, pipeline_families)
         metrics_event(m, METRICS_EVENT_QUEUED, 3);
         metrics_event(m, METRICS_EVENT_IGNORED, 1);
         metrics_event(m, METRICS_EVENT_DEAD, 2);
-        metrics_delivery(m, 0, METRICS_DELIVERY_DELIVERED, 0.004);
-        metrics_delivery(m, 0, METRICS_DELIVERY_RETRY, 0.5);
-        metrics_delivery(m, 1, METRICS_DELIVERY_DEAD, 0.02);
-        metrics_delivery(m, 7, METRICS_DELIVERY_DEAD, 0.02); /* no such hook: ignored */
+        metrics_delivery(m, "notes-on-autoclose", METRICS_DELIVERY_DELIVERED, 0.004);
+        metrics_delivery(m, "notes-on-autoclose", METRICS_DELIVERY_RETRY, 0.5);
+        metrics_delivery(m, "we\"ird\\hook", METRICS_DELIVERY_DEAD, 0.02);
+        metrics_delivery(m, "never-registered", METRICS_DELIVERY_DEAD, 0.02); /* ignored */
         metrics_gauge_set(m, METRICS_OUTBOX_DEPTH, 42);
         metrics_gauge_set(m, METRICS_KAFKA_LAG, 7);
         metrics_gauge_set(m, METRICS_DEAD_LETTERS, 2);
@@ -130,11 +130,52 @@ Test(metrics, pipeline_families)
 Test(metrics, too_many_hooks_are_refused)
 {
         struct metrics *m = metrics_new();
-        const char *names[METRICS_HOOKS_MAX + 1];
+        char names[METRICS_HOOKS_MAX + 1][16];
+        const char *ptrs[METRICS_HOOKS_MAX + 1];
+        struct buf out;
 
-        for (size_t i = 0; i <= METRICS_HOOKS_MAX; i++)
-                names[i] = "h";
-        cr_assert_eq(metrics_set_hooks(m, names, METRICS_HOOKS_MAX + 1), -E2BIG);
-        cr_assert_eq(metrics_set_hooks(m, names, METRICS_HOOKS_MAX), 0);
+        for (size_t i = 0; i <= METRICS_HOOKS_MAX; i++) {
+                snprintf(names[i], sizeof(names[i]), "h%zu", i);
+                ptrs[i] = names[i];
+        }
+        cr_assert_eq(metrics_set_hooks(m, ptrs, METRICS_HOOKS_MAX + 1), -E2BIG);
+        /* Refused as a whole: nothing was registered. */
+        metrics_delivery(m, "h0", METRICS_DELIVERY_DELIVERED, 0.1);
+        buf_init(&out, 1 << 22);
+        cr_assert_eq(metrics_render(m, &out), 0);
+        cr_assert_null(strstr(out.data, "hook=\"h0\""));
+        buf_free(&out);
+        cr_assert_eq(metrics_set_hooks(m, ptrs, METRICS_HOOKS_MAX), 0);
+        /* A repeat of known names adds nothing, so it still fits; one more name does not. */
+        cr_assert_eq(metrics_set_hooks(m, ptrs, METRICS_HOOKS_MAX), 0);
+        cr_assert_eq(metrics_set_hooks(m, &ptrs[METRICS_HOOKS_MAX], 1), -E2BIG);
+        metrics_free(m);
+}
+
+/* A reload registers the new set of hooks: a hook that stays keeps its counts, a removed one
+ * keeps its (final) counts, a new one starts at zero. */
+Test(metrics, hooks_registered_again_keep_their_counters)
+{
+        struct metrics *m = metrics_new();
+        const char *before[] = {"a", "b"}, *after[] = {"b", "c"};
+        struct buf out;
+
+        cr_assert_eq(metrics_set_hooks(m, before, 2), 0);
+        metrics_delivery(m, "a", METRICS_DELIVERY_DELIVERED, 0.01);
+        metrics_delivery(m, "b", METRICS_DELIVERY_DELIVERED, 0.01);
+        cr_assert_eq(metrics_set_hooks(m, after, 2), 0);
+        metrics_delivery(m, "b", METRICS_DELIVERY_DELIVERED, 0.01);
+        metrics_delivery(m, "c", METRICS_DELIVERY_RETRY, 0.01);
+        buf_init(&out, 1 << 20);
+        cr_assert_eq(metrics_render(m, &out), 0);
+        cr_assert_eq(value_of(out.data, "ctxhookd_deliveries_total{hook=\"a\",result=\"delivered\"}"),
+                     1);
+        cr_assert_eq(value_of(out.data, "ctxhookd_deliveries_total{hook=\"b\",result=\"delivered\"}"),
+                     2);
+        cr_assert_eq(value_of(out.data, "ctxhookd_deliveries_total{hook=\"c\",result=\"retry\"}"), 1);
+        cr_assert_eq(value_of(out.data, "ctxhookd_deliveries_total{hook=\"c\",result=\"delivered\"}"),
+                     0);
+        cr_assert_eq(value_of(out.data, "ctxhookd_delivery_duration_seconds_count"), 4);
+        buf_free(&out);
         metrics_free(m);
 }

@@ -3,6 +3,9 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <ftw.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -425,4 +428,75 @@ Test(pipeline, a_batch_records_the_same_as_one_by_one)
         free(b);
         pl2 = pipeline_free(pl2);
         st2 = store_close(st2);
+}
+
+/* A reload swaps the hooks: later messages follow the new ones; work already built used the
+ * old. With the swap racing a thread that keeps processing, every message is routed by one
+ * config or the other, never a mix or freed memory (which ASan would catch). */
+static struct config next_cfg;
+static struct config_hook next_hooks[1];
+static atomic_bool racing;
+
+static void *process_in_a_loop(void *arg)
+{
+        size_t *n = arg;
+
+        while (atomic_load(&racing)) {
+                struct pipeline_delivery *d = NULL;
+                struct pipeline_result r;
+                size_t nd = 0;
+
+                if (pipeline_build(pl, "replay:race:1", samples[4], strlen(samples[4]), NOW, &r,
+                                   &d, &nd) == 0 &&
+                    nd == 1 && (strcmp(d[0].hook->name, "notes-on-autoclose") == 0 ||
+                                strcmp(d[0].hook->name, "renamed") == 0))
+                        (*n)++;
+                else
+                        (*n) = SIZE_MAX / 2; /* a mix: make the count absurd */
+                pipeline_deliveries_free(d, nd);
+        }
+        return NULL;
+}
+
+Test(pipeline, reconfigure_switches_hooks_for_later_messages)
+{
+        struct pipeline_delivery *d = NULL;
+        struct pipeline_result r;
+        size_t nd = 0, built = 0;
+        pthread_t t;
+
+        next_cfg = cfg;
+        next_hooks[0] = hooks[0];
+        next_hooks[0].name = "renamed";
+        next_cfg.hooks = next_hooks;
+        next_cfg.n_hooks = 1;
+
+        atomic_store(&racing, true);
+        cr_assert_eq(pthread_create(&t, NULL, process_in_a_loop, &built), 0);
+        for (int i = 0; i < 50; i++) {
+                pipeline_reconfigure(pl, i % 2 ? &cfg : &next_cfg);
+                usleep(1000);
+        }
+        pipeline_reconfigure(pl, &next_cfg);
+        atomic_store(&racing, false);
+        pthread_join(t, NULL);
+        cr_assert_lt(built, SIZE_MAX / 4, "a message was routed by a mix of configs");
+        cr_assert_gt(built, 0);
+
+        cr_assert_eq(
+            pipeline_build(pl, "replay:x:1", samples[4], strlen(samples[4]), NOW, &r, &d, &nd), 0);
+        cr_assert_eq(nd, 1);
+        cr_assert_str_eq(d[0].hook->name, "renamed");
+        pipeline_deliveries_free(d, nd);
+        /* The idle hook is gone: an idle event is now ignored. */
+        cr_assert_eq(pipeline_build(pl, "replay:x:9", "{\"kind\":\"conversation.idle\","
+                                                      "\"accountId\":\"" ACC "\","
+                                                      "\"conversationId\":\"c9\"}",
+                                    strlen("{\"kind\":\"conversation.idle\",\"accountId\":\"" ACC
+                                           "\",\"conversationId\":\"c9\"}"),
+                                    NOW, &r, &d, &nd),
+                     0);
+        cr_assert_eq(nd, 0);
+        cr_assert_eq(r.ignored, 1);
+        pipeline_deliveries_free(d, nd);
 }

@@ -41,6 +41,10 @@ int api_start(const struct api_options *opts, struct store *store, struct metric
 /* The TCP port actually bound (useful with port 0). */
 unsigned api_port(const struct api *a);
 
+/* For the watchdog: since when (CLOCK_MONOTONIC, ms) the HTTP thread that has been busy
+ * longest has been inside one request's handling; 0 when every thread is waiting for work. */
+int64_t api_busy_since_ms(struct api *a);
+
 /* Stops accepting new connections, lets requests in flight finish, then stops the threads.
  * Accepts NULL; returns NULL. */
 struct api *api_stop(struct api *a);

@@ -107,4 +107,17 @@ struct config *config_free(struct config *c);
  * as "********" when set. Returns 0 or -EIO. */
 int config_print(const struct config *c, FILE *out);
 
+/* Whether SIGHUP applies [section] key to a running daemon: [hook] sections, [log], [delivery]
+ * but max_in_flight, [kafka] account and max_message_bytes. The others (listen address, store,
+ * Kafka client, threads) need a restart. */
+bool config_option_live(const char *section, const char *key);
+
+/* For a reload: in next (a config just loaded), every option that cannot change live gets
+ * running's value back, and each one that differed is one line of notes, e.g.
+ * "[api] listen: "127.0.0.1:8080" → "127.0.0.1:9090" needs a restart; … stays in force"
+ * (secrets are not echoed). [kafka]'s librdkafka properties count as one option. Returns how
+ * many options were kept, or -ENOMEM. */
+int config_keep_restart_options(struct config *next, const struct config *running,
+                                struct ch_error *notes);
+
 #endif

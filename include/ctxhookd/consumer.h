@@ -33,8 +33,13 @@ const char *consumer_bootstrap(const struct consumer *c);
 /* Whether partitions are assigned (for /readyz). */
 bool consumer_ready(const struct consumer *c);
 
-/* Whether the thread made progress recently (for the watchdog). */
+/* When (CLOCK_MONOTONIC, ms) the thread last went round its loop; it does several times a
+ * second when healthy, also while paused or backing off (for the watchdog). */
 int64_t consumer_last_progress_ms(const struct consumer *c);
+
+/* A reload's [delivery] outbox_max: the back-pressure threshold from the next check on. Every
+ * other option of the consumer needs a restart. */
+void consumer_set_outbox_max(struct consumer *c, int64_t outbox_max);
 
 /* Stops consuming, stores and commits the final offsets, closes the consumer (leaving the
  * group) and the embedded cluster. Accepts NULL; returns NULL. */

@@ -23,8 +23,17 @@ int deliver_start(const struct config *cfg, struct store *store, struct metrics 
 /* New deliveries were queued: look now instead of at the next timer. Thread-safe, cheap. */
 void deliver_wake(struct deliver *d);
 
-/* Whether the thread made progress recently (for the watchdog and /readyz). */
+/* When (CLOCK_MONOTONIC, ms) the thread last went round its loop; it does at least once a
+ * second when healthy (for the watchdog). */
 int64_t deliver_last_progress_ms(const struct deliver *d);
+
+/* Makes cfg's hooks and [delivery] back-off options the ones used from the next claim on
+ * ([delivery] max_in_flight stays). Calls in flight finish with what they started with; a
+ * queued delivery of a hook cfg lacks becomes a dead letter when claimed (redrivable once the
+ * hook is back). Waits until the delivery thread has taken cfg, after which the thread no
+ * longer uses the config it had: the caller may free that one. On failure (a bad signing
+ * secret, -EINVAL; -E2BIG, -ENOMEM) err says why and nothing changed. */
+int deliver_reconfigure(struct deliver *d, const struct config *cfg, struct ch_error *err);
 
 /* Stops claiming, lets calls in flight finish for up to grace_ms, then abandons the rest
  * (their lease expires and they are claimed again after a restart: at-least-once), and joins

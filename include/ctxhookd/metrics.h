@@ -37,29 +37,41 @@ enum metrics_gauge {
         METRICS_GAUGE__COUNT
 };
 
-#define METRICS_HOOKS_MAX 64
+#define METRICS_HOOKS_MAX 256
 
 /* ctxhookd_events_total{result} += n. */
 void metrics_event(struct metrics *m, enum metrics_event_result r, unsigned long n);
 
-/* Names the hooks that metrics_delivery() refers to by index (at most METRICS_HOOKS_MAX; the
- * names are copied). Call before the delivery thread starts. 0, -E2BIG or -ENOMEM. */
+/* Registers hook names for ctxhookd_deliveries_total (copied; names already known are kept
+ * with their counts, so a reload that keeps a hook keeps its counters, and a removed hook's
+ * counters stay exported as counters should). At most METRICS_HOOKS_MAX names over the life of
+ * the process. Thread-safe. 0, -E2BIG (nothing added) or -ENOMEM. */
 int metrics_set_hooks(struct metrics *m, const char *const *names, size_t n);
 
-/* One finished delivery attempt of hook number hook: ctxhookd_deliveries_total{hook,result}
- * and, for attempts that got an answer or failed, ctxhookd_delivery_duration_seconds. Hooks
- * out of range are ignored. */
-void metrics_delivery(struct metrics *m, size_t hook, enum metrics_delivery_result r,
+/* One finished delivery attempt of the named hook: ctxhookd_deliveries_total{hook,result}
+ * and ctxhookd_delivery_duration_seconds. Names never registered are ignored. */
+void metrics_delivery(struct metrics *m, const char *hook, enum metrics_delivery_result r,
                       double seconds);
 
 /* Sets a gauge. */
 void metrics_gauge_set(struct metrics *m, enum metrics_gauge g, long long value);
+long long metrics_gauge_get(struct metrics *m, enum metrics_gauge g);
+
+enum metrics_reload_result {
+        METRICS_RELOAD_APPLIED, /* the new configuration is in force */
+        METRICS_RELOAD_REFUSED, /* it did not validate; the old one stays */
+        METRICS_RELOAD__COUNT
+};
+
+/* ctxhookd_config_reloads_total{result} += 1. */
+void metrics_reload(struct metrics *m, enum metrics_reload_result r);
 
 /* Appends the exposition (HELP/TYPE lines, every family) to out.
  * Families: ctxhookd_http_requests_total{code}, ctxhookd_http_request_duration_seconds
  * (histogram), ctxhookd_events_total{result}, ctxhookd_deliveries_total{hook,result},
  * ctxhookd_delivery_duration_seconds (histogram), ctxhookd_outbox_depth, ctxhookd_kafka_lag,
- * ctxhookd_dead_letters, ctxhookd_up, ctxhookd_start_time_seconds.
+ * ctxhookd_dead_letters, ctxhookd_config_reloads_total{result}, ctxhookd_up,
+ * ctxhookd_start_time_seconds.
  * Returns 0 or what buf_append returns. */
 int metrics_render(struct metrics *m, struct buf *out);
 

@@ -52,6 +52,11 @@ int pipeline_new(struct store *store, struct metrics *metrics, const struct conf
                  struct pipeline **ret);
 struct pipeline *pipeline_free(struct pipeline *p);
 
+/* Makes cfg (hooks, [kafka] account and max_message_bytes) the one every later call uses. Waits
+ * for the calls under way with the old config to finish, so the caller may free the old config
+ * once this returns. Deliveries returned by pipeline_build point at the old config's hooks. */
+void pipeline_reconfigure(struct pipeline *p, const struct config *cfg);
+
 /* Processes one message durably. source names where it came from (for dead letters), dedup_key
  * (may be NULL) makes a repeat a no-op. Returns 0 once the outcome is recorded in the store
  * (deliveries queued, or nothing to do, or a dead letter): the caller may now acknowledge the
