@@ -1921,8 +1921,8 @@ int config_keep_restart_options(struct config *next, const struct config *runnin
                                 ch_error_append(notes,
                                                 "[%s] %s: %" PRId64 " → %" PRId64
                                                 " needs a restart; %" PRId64 " stays in force",
-                                                opt->section, opt->key, was,
-                                                *(int64_t *)new_field, was);
+                                                opt->section, opt->key, was, *(int64_t *)new_field,
+                                                was);
                                 *(int64_t *)new_field = was;
                                 kept++;
                                 continue;
@@ -1932,8 +1932,8 @@ int config_keep_restart_options(struct config *next, const struct config *runnin
                         if (!is_string_type(opt->type) ||
                             same_string(*(char *const *)old_field, *(char **)new_field))
                                 continue;
-                        const char *was = *(char *const *)old_field ? *(char *const *)old_field
-                                                                    : "";
+                        const char *was =
+                            *(char *const *)old_field ? *(char *const *)old_field : "";
                         const char *wanted = *(char **)new_field ? *(char **)new_field : "";
 
                         if (opt->type == OPT_SECRET)
@@ -1946,8 +1946,7 @@ int config_keep_restart_options(struct config *next, const struct config *runnin
                                                 "[%s] %s: \"%s\" → \"%s\" needs a restart; "
                                                 "\"%s\" stays in force",
                                                 opt->section, opt->key, was, wanted, was);
-                        copy = *(char *const *)old_field ? strdup(*(char *const *)old_field)
-                                                         : NULL;
+                        copy = *(char *const *)old_field ? strdup(*(char *const *)old_field) : NULL;
                         if (*(char *const *)old_field && !copy)
                                 return -ENOMEM;
                         option_free(opt, next);

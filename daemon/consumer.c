@@ -80,7 +80,7 @@ struct consumer {
         bool started;
         atomic_bool stop;
         atomic_bool ready;
-        atomic_bool fatal; /* raised by librdkafka (error callback or poll) */
+        atomic_bool fatal;                /* raised by librdkafka (error callback or poll) */
         _Atomic int64_t last_progress_ms; /* CLOCK_MONOTONIC */
         _Atomic int64_t outbox_max;       /* [delivery] outbox_max, changed by a reload */
 

@@ -573,12 +573,10 @@ static int transfer_finish(struct deliver *d, struct transfer *t, CURLcode cc)
                 v = VERDICT_RETRY;
                 if (cc == CURLE_OPERATION_TIMEDOUT)
                         snprintf(summary, sizeof(summary),
-                                 "no answer from %s within %" PRId64 " ms", t->url,
-                                 t->timeout_ms);
+                                 "no answer from %s within %" PRId64 " ms", t->url, t->timeout_ms);
                 else
                         snprintf(summary, sizeof(summary), "%s (%s)",
-                                 t->curl_error[0] ? t->curl_error : curl_easy_strerror(cc),
-                                 t->url);
+                                 t->curl_error[0] ? t->curl_error : curl_easy_strerror(cc), t->url);
         } else {
                 curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
                 if (status >= 200 && status < 300)
@@ -589,8 +587,7 @@ static int transfer_finish(struct deliver *d, struct transfer *t, CURLcode cc)
                         v = VERDICT_DEAD;
                 if (status >= 300 && status < 400)
                         snprintf(summary, sizeof(summary),
-                                 "HTTP %ld from %s (redirects are not followed)", status,
-                                 t->url);
+                                 "HTTP %ld from %s (redirects are not followed)", status, t->url);
                 else
                         snprintf(summary, sizeof(summary), "HTTP %ld from %s", status, t->url);
                 if (v == VERDICT_RETRY)
@@ -710,8 +707,7 @@ static void abandon_in_flight(struct deliver *d)
                                        "interrupted by shutdown");
                 log_notice("delivery %" PRId64 " of hook '%s': call abandoned at shutdown; it "
                            "will be sent again%s",
-                           t->id, t->hook,
-                           r < 0 ? " once its lease expires" : "");
+                           t->id, t->hook, r < 0 ? " once its lease expires" : "");
                 transfer_release(d, t);
         }
 }
@@ -725,9 +721,8 @@ static void hooks_free(struct hook_state *h, size_t n)
 
 /* The hooks' states for cfg (signing keys parsed once) and the lease their longest time-out
  * needs; registers their names with the metrics. */
-static int hooks_build(const struct config *cfg, struct metrics *metrics,
-                       struct hook_state **ret, size_t *ret_n, int64_t *ret_lease_ms,
-                       struct ch_error *err)
+static int hooks_build(const struct config *cfg, struct metrics *metrics, struct hook_state **ret,
+                       size_t *ret_n, int64_t *ret_lease_ms, struct ch_error *err)
 {
         const char *names[CONFIG_HOOKS_MAX];
         struct hook_state *h = NULL;

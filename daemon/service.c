@@ -31,6 +31,9 @@
 #define STOP_GRACE_MS 5000
 /* Without a systemd watchdog, a thread stuck this long is still logged. */
 #define STALL_LOG_MS 60000
+/* A thread is stalled after half the watchdog interval, but never sooner than this: the
+ * delivery thread goes round its loop once a second when idle, the consumer ten times. */
+#define STALL_MIN_MS 3000
 /* The main thread's tick: watchdog pings and STATUS= updates. */
 #define TICK_MAX_MS 1000
 #define TICK_MIN_MS 50
@@ -86,9 +89,8 @@ static void *sweeper_main(void *arg)
                         log_warning("sweeper: deleting expired data failed: %s", strerror(-r));
                 else if (deleted > 0)
                         log_info("sweeper: deleted %lld expired rows", (long long)deleted);
-                r = store_dedup_expire(sw->store,
-                                       service_now_ms() - atomic_load(&sw->retention_s) * 1000,
-                                       &deleted);
+                r = store_dedup_expire(
+                    sw->store, service_now_ms() - atomic_load(&sw->retention_s) * 1000, &deleted);
                 if (r < 0)
                         log_warning("sweeper: forgetting old dedup keys failed: %s", strerror(-r));
                 else if (deleted > 0)
@@ -158,10 +160,10 @@ struct service {
         struct sweeper sweeper;
         bool sweeper_running;
 
-        char listening[128];  /* "listening on http://…" */
-        char status[512];     /* the last STATUS= sent */
-        int64_t watchdog_ms;  /* systemd's WatchdogSec, 0 = none */
-        int stalled;          /* index of the stalled part being reported, -1 = none */
+        char listening[128]; /* "listening on http://…" */
+        char status[512];    /* the last STATUS= sent */
+        int64_t watchdog_ms; /* systemd's WatchdogSec, 0 = none */
+        int stalled;         /* index of the stalled part being reported, -1 = none */
 };
 
 /* The config whose live options are in force. */
@@ -361,8 +363,10 @@ refused:
         config_free(next);
         metrics_reload(sv->metrics, METRICS_RELOAD_REFUSED);
         /* The first line of the reason: STATUS= is one line. */
-        snprintf(sv->status, sizeof(sv->status), "reload refused (the running configuration "
-                 "stays in force): %.*s", (int)strcspn(err.msg, "\n"), err.msg);
+        snprintf(sv->status, sizeof(sv->status),
+                 "reload refused (the running configuration "
+                 "stays in force): %.*s",
+                 (int)strcspn(err.msg, "\n"), err.msg);
         notify_ready(sv->status);
 }
 
@@ -381,8 +385,8 @@ static void update_status(struct service *sv)
         else
                 snprintf(kafka, sizeof(kafka), "waiting for partitions of %s",
                          sv->cfg->kafka.topic);
-        snprintf(text, sizeof(text), "%s; %s; outbox %lld queued, %lld dead letters",
-                 sv->listening, kafka, depth, dead);
+        snprintf(text, sizeof(text), "%s; %s; outbox %lld queued, %lld dead letters", sv->listening,
+                 kafka, depth, dead);
         if (strcmp(text, sv->status) == 0)
                 return;
         snprintf(sv->status, sizeof(sv->status), "%s", text);
@@ -395,19 +399,20 @@ static void watchdog_tick(struct service *sv)
 {
         struct notify_part parts[4];
         size_t n = 0;
-        int64_t now = mono_ms(), limit = sv->watchdog_ms ? sv->watchdog_ms / 2 : STALL_LOG_MS;
+        int64_t now = mono_ms(), limit = STALL_LOG_MS;
         int stalled;
 
+        if (sv->watchdog_ms)
+                limit = sv->watchdog_ms / 2 > STALL_MIN_MS ? sv->watchdog_ms / 2 : STALL_MIN_MS;
         parts[n++] = (struct notify_part){"HTTP", api_busy_since_ms(sv->api)};
         if (sv->consumer)
-                parts[n++] = (struct notify_part){"Kafka consumer",
-                                                  consumer_last_progress_ms(sv->consumer)};
+                parts[n++] =
+                    (struct notify_part){"Kafka consumer", consumer_last_progress_ms(sv->consumer)};
         parts[n++] = (struct notify_part){"delivery", deliver_last_progress_ms(sv->deliver)};
         parts[n++] = (struct notify_part){"sweeper", atomic_load(&sv->sweeper.busy_since_ms)};
         stalled = notify_stalled(parts, n, now, limit);
         if (stalled >= 0 && sv->stalled < 0)
-                log_error("watchdog: the %s thread has made no progress for %" PRId64
-                          " ms%s",
+                log_error("watchdog: the %s thread has made no progress for %" PRId64 " ms%s",
                           parts[stalled].name, now - parts[stalled].since_ms,
                           sv->watchdog_ms ? "; no longer telling systemd that all is well" : "");
         else if (stalled < 0 && sv->stalled >= 0)

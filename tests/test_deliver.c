@@ -1233,10 +1233,12 @@ Test(deliver, reconfigure_changes_hooks_and_lets_calls_in_flight_finish)
         /* The counters know the new hook, and a keeps counting. */
         buf_init(&out, 1 << 20);
         cr_assert_eq(metrics_render(fx.metrics, &out), 0);
-        cr_assert(strstr(out.data, "ctxhookd_deliveries_total{hook=\"a\",result=\"delivered\"} 2\n"),
-                  "%s", out.data);
-        cr_assert(strstr(out.data, "ctxhookd_deliveries_total{hook=\"b\",result=\"delivered\"} 1\n"),
-                  "%s", out.data);
+        cr_assert(
+            strstr(out.data, "ctxhookd_deliveries_total{hook=\"a\",result=\"delivered\"} 2\n"),
+            "%s", out.data);
+        cr_assert(
+            strstr(out.data, "ctxhookd_deliveries_total{hook=\"b\",result=\"delivered\"} 1\n"),
+            "%s", out.data);
         buf_free(&out);
 }
 

@@ -446,10 +446,11 @@ static void *process_in_a_loop(void *arg)
                 struct pipeline_result r;
                 size_t nd = 0;
 
-                if (pipeline_build(pl, "replay:race:1", samples[4], strlen(samples[4]), NOW, &r,
-                                   &d, &nd) == 0 &&
-                    nd == 1 && (strcmp(d[0].hook->name, "notes-on-autoclose") == 0 ||
-                                strcmp(d[0].hook->name, "renamed") == 0))
+                if (pipeline_build(pl, "replay:race:1", samples[4], strlen(samples[4]), NOW, &r, &d,
+                                   &nd) == 0 &&
+                    nd == 1 &&
+                    (strcmp(d[0].hook->name, "notes-on-autoclose") == 0 ||
+                     strcmp(d[0].hook->name, "renamed") == 0))
                         (*n)++;
                 else
                         (*n) = SIZE_MAX / 2; /* a mix: make the count absurd */
@@ -489,9 +490,10 @@ Test(pipeline, reconfigure_switches_hooks_for_later_messages)
         cr_assert_str_eq(d[0].hook->name, "renamed");
         pipeline_deliveries_free(d, nd);
         /* The idle hook is gone: an idle event is now ignored. */
-        cr_assert_eq(pipeline_build(pl, "replay:x:9", "{\"kind\":\"conversation.idle\","
-                                                      "\"accountId\":\"" ACC "\","
-                                                      "\"conversationId\":\"c9\"}",
+        cr_assert_eq(pipeline_build(pl, "replay:x:9",
+                                    "{\"kind\":\"conversation.idle\","
+                                    "\"accountId\":\"" ACC "\","
+                                    "\"conversationId\":\"c9\"}",
                                     strlen("{\"kind\":\"conversation.idle\",\"accountId\":\"" ACC
                                            "\",\"conversationId\":\"c9\"}"),
                                     NOW, &r, &d, &nd),
