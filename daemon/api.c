@@ -1593,6 +1593,9 @@ int api_start(const struct api_options *opts, struct store *store, struct metric
         if (threads == 0) {
                 long cpus = sysconf(_SC_NPROCESSORS_ONLN);
                 threads = cpus > 0 ? (unsigned)cpus : 1;
+                /* As many as the watchdog can watch, which is also [api] threads' bound. */
+                if (threads > API_WORKERS_MAX)
+                        threads = API_WORKERS_MAX;
         }
 
         a = calloc(1, sizeof(*a));
