@@ -1053,6 +1053,53 @@ static void apply_environment(struct load *l)
         }
 }
 
+/* Whether the environment variable name (up to '=') is one apply_environment reads for the
+ * fixed section sec. */
+static bool env_claimed(const struct section *sec, const char *var, size_t len)
+{
+        char name[256];
+
+        for (size_t i = 0; i < ELEMENTSOF(options); i++) {
+                if (strcmp(options[i].section, sec->name) != 0)
+                        continue;
+                env_name(&options[i], NULL, name, sizeof(name));
+                if (strlen(name) == len && strncmp(name, var, len) == 0)
+                        return true;
+        }
+        return false;
+}
+
+/* A CTXHOOKD_<SECTION>_… variable of a fixed section that names no option is a typo
+ * (CTXHOOKD_API_LISTN): reported, not ignored. Hook variables are not judged: a label may
+ * contain "_", so CTXHOOKD_HOOK_A_B_URL cannot be told apart from a hook's key, and a shared
+ * environment file may hold secrets of hooks this file does not have. Variables of no section
+ * (CTXHOOKD_CONFIG) are not ours to judge either. */
+static void check_unknown_environment(struct load *l)
+{
+        extern char **environ;
+
+        for (char **e = environ; e && *e; e++) {
+                const char *eq = strchr(*e, '=');
+                size_t len = eq ? (size_t)(eq - *e) : strlen(*e);
+
+                if (strncmp(*e, "CTXHOOKD_", 9) != 0)
+                        continue;
+                for (size_t s = 0; s < ELEMENTSOF(sections); s++) {
+                        const struct section *sec = &sections[s];
+                        char prefix[64];
+
+                        if (sec->labelled)
+                                continue;
+                        snprintf(prefix, sizeof(prefix), "CTXHOOKD_%s_", sec->name);
+                        for (char *p = prefix; *p; p++)
+                                *p = (char)toupper((unsigned char)*p);
+                        if (strncmp(*e, prefix, strlen(prefix)) == 0 && !env_claimed(sec, *e, len))
+                                problem(l, "environment %.*s: names no option of [%s]", (int)len,
+                                        *e, sec->name);
+                }
+        }
+}
+
 static bool is_hook_name(const char *s)
 {
         size_t n = strlen(s);
@@ -1656,6 +1703,7 @@ int config_load_string(const char *text, const char *name, struct config **ret,
                 problem(&l, "%s:%d: syntax error", l.name, r);
 
         apply_environment(&l);
+        check_unknown_environment(&l);
         if (l.oom)
                 return -ENOMEM;
         check_required(&l);

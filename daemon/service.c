@@ -261,11 +261,21 @@ static int service_start(struct service *sv, const struct config *cfg)
  * a restart), then the store closes. */
 static void service_stop(struct service *sv)
 {
+        int64_t t0 = mono_ms(), t_api, t_consumer, t_deliver;
+
         if (sv->sweeper_running)
                 sweeper_stop(&sv->sweeper);
         sv->api = api_stop(sv->api);
+        t_api = mono_ms();
         sv->consumer = consumer_stop(sv->consumer);
+        t_consumer = mono_ms();
         sv->deliver = deliver_stop(sv->deliver, STOP_GRACE_MS);
+        t_deliver = mono_ms();
+        /* Where a slow stop spent its time, against TimeoutStopSec. */
+        log_info("stop: HTTP closed after %" PRId64 " ms, Kafka consumer closed (offsets "
+                 "committed) after %" PRId64 " ms, deliveries in flight settled after %" PRId64
+                 " ms",
+                 t_api - t0, t_consumer - t_api, t_deliver - t_consumer);
         sv->pipeline = pipeline_free(sv->pipeline);
         sv->metrics = metrics_free(sv->metrics);
         sv->store = store_close(sv->store);

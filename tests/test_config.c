@@ -1548,3 +1548,65 @@ Test(config, which_options_change_live)
         cr_assert_not(config_option_live("kafka", "brokers"));
         cr_assert_not(config_option_live("no", "such"));
 }
+
+/* A report too long for one error text ends with a notice, never mid-line or silently. */
+Test(config, a_report_too_long_says_so_in_its_last_line)
+{
+        struct ch_error err = {{0}};
+        char *text = NULL, *last;
+        size_t len = 0, lines;
+        FILE *f = open_memstream(&text, &len);
+
+        fputs("[api]\n", f);
+        for (int i = 1; i <= 80; i++)
+                fprintf(f, "unknown_key_%d = 1\n", i);
+        fclose(f);
+        load_bad(text, &err);
+        free(text);
+        lines = count_lines(err.msg);
+        cr_assert_gt(lines, 10);
+        last = strrchr(err.msg, '\n');
+        cr_assert_not_null(last);
+        cr_assert_str_eq(last + 1, "... more not shown (this report holds 2048 bytes): fix these "
+                                   "and check again");
+        /* Every line before it is whole: problem number k on line k + 1. */
+        for (size_t k = 1; k < lines; k++) {
+                char want[128];
+
+                snprintf(want, sizeof(want), "t.conf:%zu: [api] unknown_key_%zu: unknown key\n",
+                         k + 1, k);
+                cr_assert(strstr(err.msg, want), "line for key %zu missing in:\n%s", k, err.msg);
+        }
+}
+
+Test(config, environment_variables_that_name_no_option_are_errors)
+{
+        struct ch_error err = {{0}};
+        const char *text = "[hook \"notes\"]\non = conversation.end\nurl = http://h/\n"
+                           "secret = whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n";
+
+        setenv("CTXHOOKD_API_LISTN", "127.0.0.1:1", 1);
+        setenv("CTXHOOKD_DELIVERY_RETRY_MAX", "5", 1);
+        setenv("CTXHOOKD_SOMETHING_ELSE", "not ours", 1); /* no section of ours: left alone */
+        setenv("CTXHOOKD_HOOK_NOPE_URL", "http://h/", 1); /* a hook this file lacks: ignored */
+        load_bad(text, &err);
+        unsetenv("CTXHOOKD_API_LISTN");
+        unsetenv("CTXHOOKD_DELIVERY_RETRY_MAX");
+        unsetenv("CTXHOOKD_SOMETHING_ELSE");
+        unsetenv("CTXHOOKD_HOOK_NOPE_URL");
+        cr_assert_eq(count_lines(err.msg), 2, "%s", err.msg);
+        cr_assert(strstr(err.msg, "environment CTXHOOKD_API_LISTN: names no option of [api]"), "%s",
+                  err.msg);
+        cr_assert(strstr(err.msg, "environment CTXHOOKD_DELIVERY_RETRY_MAX: names no option of "
+                                  "[delivery]"),
+                  "%s", err.msg);
+        /* The right name still works. */
+        setenv("CTXHOOKD_API_LISTEN", "127.0.0.1:1", 1);
+        {
+                struct config *c = load_ok(text);
+
+                cr_assert_str_eq(c->api.listen, "127.0.0.1:1");
+                config_free(c);
+        }
+        unsetenv("CTXHOOKD_API_LISTEN");
+}

@@ -1,0 +1,457 @@
+/* `ctxhookd check-config` through the real binary, beyond the basics of it_cli.c: a file with
+ * one problem of each kind (unknown key, bad value, out-of-range number, duplicate key, unknown
+ * section, bad and repeated hook names, a hook without url and secret, bad hook values, keys
+ * librdkafka refuses or ctxhookd manages, back-offs in the wrong order) reports every problem
+ * exactly once as FILE:LINE: [section] key: reason with its exact line, exits 78 (EX_CONFIG)
+ * and prints nothing on stdout, and `run` refuses it the same way; a good file prints the
+ * effective config with every kind of secret (admin token, hook secret and bearer token,
+ * librdkafka password) masked and never in clear on stdout or stderr, and the masks are refused
+ * when the output is fed back; CTXHOOKD_<SECTION>_<KEY> and CTXHOOKD_HOOK_<NAME>_<KEY>
+ * overrides show in the printed config (and can supply a required key); bad values from the
+ * environment are reported naming the variable, without echoing a secret. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctxhookd/cleanup.h"
+#include "support_daemon.h"
+
+#define MASK "********"
+/* whsec_ + base64 of 32 bytes; the base64 part must never be printed either. */
+#define HOOK_KEY_B64   "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+#define HOOK_SECRET    "whsec_" HOOK_KEY_B64
+#define ENV_KEY_B64    "ZW52LXNlY3JldC1rZXktMDEyMzQ1Njc4OWFiY2RlZg=="
+#define ENV_SECRET     "whsec_" ENV_KEY_B64
+#define ADMIN_SECRET   "adm-secret-0123456789abcdef"
+#define BEARER_SECRET  "bearer-secret-abc-42"
+#define KAFKA_PASSWORD "kafka-pass-secret-1"
+
+static struct it_daemon d;
+
+static void teardown(void)
+{
+        it_daemon_cleanup(&d);
+}
+
+TestSuite(checkconfig, .fini = teardown, .timeout = 90);
+
+/* ---- helpers ---- */
+
+static struct it_result run(const char *const *args, const char *const *env)
+{
+        struct it_result r;
+
+        cr_assert_eq(it_run(d.dir, args, env, &r), 0, "cannot run ctxhookd");
+        return r;
+}
+
+/* The lines of stderr without their "<N>" priority prefix, as a NULL-terminated array of
+ * malloc'ed strings. */
+static char **err_lines(const char *err)
+{
+        size_t n = 0;
+        char **v = calloc(1, sizeof(*v));
+
+        cr_assert_not_null(v);
+        for (const char *p = err; *p;) {
+                size_t len = strcspn(p, "\n");
+                const char *s = p;
+
+                if (len >= 3 && s[0] == '<' && s[1] >= '0' && s[1] <= '7' && s[2] == '>')
+                        s += 3;
+                v = realloc(v, (n + 2) * sizeof(*v));
+                cr_assert_not_null(v);
+                v[n] = strndup(s, len - (size_t)(s - p));
+                cr_assert_not_null(v[n]);
+                v[++n] = NULL;
+                p += len + (p[len] ? 1 : 0);
+        }
+        return v;
+}
+
+static void lines_free(char **v)
+{
+        for (size_t i = 0; v && v[i]; i++)
+                free(v[i]);
+        free(v);
+}
+
+/* How many lines start with prefix. */
+static size_t count_prefixed(char *const *lines, const char *prefix)
+{
+        size_t n = 0;
+
+        for (size_t i = 0; lines[i]; i++)
+                if (strncmp(lines[i], prefix, strlen(prefix)) == 0)
+                        n++;
+        return n;
+}
+
+/* Exactly one line starts with prefix, followed by a reason that contains `reason`. */
+static void assert_problem(char *const *lines, const char *err, const char *prefix,
+                           const char *reason)
+{
+        size_t hits = 0;
+
+        for (size_t i = 0; lines[i]; i++) {
+                const char *rest;
+
+                if (strncmp(lines[i], prefix, strlen(prefix)) != 0)
+                        continue;
+                hits++;
+                rest = lines[i] + strlen(prefix);
+                cr_assert(strlen(rest) > 3, "no reason after '%s': %s", prefix, lines[i]);
+                cr_assert(strcasestr(rest, reason), "'%s': the reason does not say '%s'", lines[i],
+                          reason);
+        }
+        cr_assert_eq(hits, 1, "%zu lines start with '%s', want 1; stderr:\n%s", hits, prefix, err);
+}
+
+/* No secret of this file appears anywhere in text. */
+static void assert_no_secrets(const char *text, const char *what)
+{
+        static const char *const secrets[] = {HOOK_KEY_B64,        ENV_KEY_B64,    ADMIN_SECRET,
+                                              BEARER_SECRET,       KAFKA_PASSWORD, "shortadm",
+                                              "not-a-whsec-secret"};
+
+        for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++)
+                cr_assert_null(strstr(text, secrets[i]), "%s shows the secret %s:\n%s", what,
+                               secrets[i], text);
+}
+
+/* The value of key in the `section` ("api", "hook \"x\"") of INI text, trimmed; 0 when
+ * found, -1 when absent. */
+static int ini_value(const char *text, const char *section, const char *key, char *out,
+                     size_t outsz)
+{
+        char cur[256] = "";
+
+        for (const char *p = text; *p;) {
+                size_t n = strcspn(p, "\n");
+                char line[2048], *s, *eq, *e;
+
+                snprintf(line, sizeof(line), "%.*s", (int)n, p);
+                p += n + (p[n] ? 1 : 0);
+                s = line + strspn(line, " \t");
+                if (*s == ';' || *s == '#' || *s == '\0')
+                        continue;
+                if (*s == '[') {
+                        e = strrchr(s, ']');
+                        cr_assert_not_null(e, "bad header in the printed config: %s", s);
+                        snprintf(cur, sizeof(cur), "%.*s", (int)(e - s - 1), s + 1);
+                        continue;
+                }
+                eq = strchr(s, '=');
+                if (!eq || strcmp(cur, section) != 0)
+                        continue;
+                for (e = eq; e > s && (e[-1] == ' ' || e[-1] == '\t'); e--)
+                        ;
+                if ((size_t)(e - s) != strlen(key) || strncmp(s, key, (size_t)(e - s)) != 0)
+                        continue;
+                s = eq + 1 + strspn(eq + 1, " \t");
+                for (e = s + strlen(s); e > s && (e[-1] == ' ' || e[-1] == '\t'); e--)
+                        e[-1] = '\0';
+                snprintf(out, outsz, "%s", s);
+                return 0;
+        }
+        return -1;
+}
+
+static void assert_ini(const char *text, const char *section, const char *key, const char *want)
+{
+        char v[2048];
+
+        cr_assert_eq(ini_value(text, section, key, v, sizeof(v)), 0, "[%s] %s missing in:\n%s",
+                     section, key, text);
+        cr_assert_str_eq(v, want, "[%s] %s = '%s', want '%s'", section, key, v, want);
+}
+
+/* ---- every problem, with its line ---- */
+
+static const char bad_config[] = "; one problem of each kind\n" /* 1 */
+                                 "[api]\n"                      /* 2 */
+                                 "listen = 127.0.0.1:0\n"       /* 3 */
+                                 "bogus_key = 1\n"              /* 4 unknown key */
+                                 "max_body = lots\n"            /* 5 not a number */
+                                 "threads = 65\n"               /* 6 out of range */
+                                 "admin_token = shortadm\n"     /* 7 too short (not echoed) */
+                                 "listen = 127.0.0.1:1\n"       /* 8 duplicate key */
+                                 "[nosuch]\n"                   /* 9 unknown section */
+                                 "stray = 1\n"                  /* 10 (under a refused header) */
+                                 "[store]\n"                    /* 11 */
+                                 "path = @DIR@/ctxhookd.db\n"   /* 12 */
+                                 "pool_size = 0\n"              /* 13 out of range */
+                                 "[log]\n"                      /* 14 */
+                                 "level = loud\n"               /* 15 not a level */
+                                 "[kafka]\n"                    /* 16 */
+                                 "brokers = 127.0.0.1:9\n"      /* 17 */
+                                 "fetch.wait.max.ms = soon\n" /* 18 librdkafka refuses the value */
+                                 "no.such.property = 1\n"     /* 19 unknown to librdkafka */
+                                 "group.id = other\n"         /* 20 managed by ctxhookd */
+                                 "[delivery]\n"               /* 21 */
+                                 "retry_base_ms = 5000\n"     /* 22 */
+                                 "retry_max_ms = 1000\n"      /* 23 shorter than retry_base_ms */
+                                 "[hook \"bad name!\"]\n"     /* 24 bad hook name */
+                                 "url = http://127.0.0.1:9/x\n" /* 25 (under a refused header) */
+                                 "[hook \"no-url\"]\n"          /* 26 url and secret missing */
+                                 "on = conversation.end\n"      /* 27 */
+                                 "[hook \"h\"]\n"               /* 28 */
+                                 "on = conversation.end,conversation.nope\n" /* 29 unknown kind */
+                                 "url = ftp://127.0.0.1/x\n"                 /* 30 not http(s) */
+                                 "secret = " HOOK_SECRET "\n"                /* 31 */
+                                 "timeout_ms = 50\n"                         /* 32 out of range */
+                                 "max_attempts = 0\n"                        /* 33 out of range */
+                                 "colour = blue\n"                           /* 34 unknown key */
+                                 "bearer_token = " BEARER_SECRET "\n"        /* 35 */
+                                 "[hook \"h\"]\n"                /* 36 name used twice */
+                                 "url = http://127.0.0.1:9/y\n"; /* 37 (under a refused header) */
+
+static const struct {
+        unsigned line;
+        const char *where; /* "[api] bogus_key" or "[nosuch]" */
+        const char *reason;
+} bad_problems[] = {
+    {4, "[api] bogus_key", "unknown key"},
+    {5, "[api] max_body", "integer"},
+    {6, "[api] threads", "range"},
+    {7, "[api] admin_token", "16"},
+    {8, "[api] listen", "line 3"},
+    {9, "[nosuch]", "unknown section"},
+    {13, "[store] pool_size", "range"},
+    {15, "[log] level", "loud"},
+    {18, "[kafka] fetch.wait.max.ms", "librdkafka"},
+    {19, "[kafka] no.such.property", "unknown"},
+    {20, "[kafka] group.id", "[kafka] group"},
+    {23, "[delivery] retry_max_ms", "retry_base_ms"},
+    {24, "[hook \"bad name!\"]", "name"},
+    {26, "[hook \"no-url\"] url", "required"},
+    {26, "[hook \"no-url\"] secret", "required"},
+    {29, "[hook \"h\"] on", "conversation.nope"},
+    {30, "[hook \"h\"] url", "http"},
+    {32, "[hook \"h\"] timeout_ms", "range"},
+    {33, "[hook \"h\"] max_attempts", "range"},
+    {34, "[hook \"h\"] colour", "unknown key"},
+    {36, "[hook \"h\"]", "line 28"},
+};
+
+Test(checkconfig, every_problem_with_its_line)
+{
+        const char *const commands[][5] = {
+            {"check-config", "-c", NULL},
+            {"run", "-c", NULL},
+        };
+        const size_t n_problems = sizeof(bad_problems) / sizeof(bad_problems[0]);
+        const char *file;
+
+        cr_assert_eq(it_daemon_init(&d, bad_config), 0);
+        /* Named relative to the working directory, as an operator in /etc/ctxhookd would: the
+         * messages name the file as it was given. */
+        file = strrchr(d.conf, '/') + 1;
+        for (size_t c = 0; c < sizeof(commands) / sizeof(commands[0]); c++) {
+                const char *args[] = {commands[c][0], commands[c][1], file, NULL};
+                struct it_result r = run(args, NULL);
+                char **lines = err_lines(r.err), prefix[IT_PATH_MAX + 128];
+
+                cr_assert_eq(r.code, 78, "%s exited %d, want 78 (EX_CONFIG):\n%s", args[0], r.code,
+                             r.err);
+                cr_assert_eq(r.out_len, 0, "%s printed on stdout:\n%s", args[0], r.out);
+                for (size_t i = 0; i < n_problems; i++) {
+                        snprintf(prefix, sizeof(prefix), "%s:%u: %s: ", file, bad_problems[i].line,
+                                 bad_problems[i].where);
+                        assert_problem(lines, r.err, prefix, bad_problems[i].reason);
+                }
+                /* Nothing else (the keys under refused headers are not reported again). */
+                snprintf(prefix, sizeof(prefix), "%s:", file);
+                cr_assert_eq(count_prefixed(lines, prefix), n_problems,
+                             "%s: want exactly %zu problems; stderr:\n%s", args[0], n_problems,
+                             r.err);
+                assert_no_secrets(r.err, "stderr");
+                lines_free(lines);
+                it_result_free(&r);
+        }
+}
+
+/* ---- secrets ---- */
+
+static const char secret_config[] = "[api]\n"
+                                    "listen = 127.0.0.1:0\n"
+                                    "admin_token = " ADMIN_SECRET "\n"
+                                    "[store]\n"
+                                    "path = @DIR@/ctxhookd.db\n"
+                                    "[kafka]\n"
+                                    "brokers = 127.0.0.1:9\n"
+                                    "sasl.username = it-user\n"
+                                    "sasl.password = " KAFKA_PASSWORD "\n"
+                                    "[hook \"a\"]\n"
+                                    "on = conversation.end\n"
+                                    "url = http://127.0.0.1:9/a\n"
+                                    "secret = " HOOK_SECRET "\n"
+                                    "bearer_token = " BEARER_SECRET "\n"
+                                    "[hook \"b\"]\n"
+                                    "on = conversation.idle\n"
+                                    "url = http://127.0.0.1:9/b\n"
+                                    "secret = " HOOK_SECRET "\n";
+
+Test(checkconfig, secrets_are_masked)
+{
+        const char *args[] = {"check-config", "-c", d.conf, NULL};
+        char printed[IT_PATH_MAX + 64];
+        struct it_result r, again;
+        char **lines;
+        unsigned masked_lines[8], n_masked = 0, line = 0;
+
+        cr_assert_eq(it_daemon_init(&d, secret_config), 0);
+        args[2] = d.conf;
+        r = run(args, NULL);
+        cr_assert_eq(r.code, 0, "check-config exited %d:\n%s", r.code, r.err);
+        assert_ini(r.out, "api", "admin_token", MASK);
+        assert_ini(r.out, "kafka", "sasl.password", MASK);
+        assert_ini(r.out, "kafka", "sasl.username", "it-user");
+        assert_ini(r.out, "hook \"a\"", "secret", MASK);
+        assert_ini(r.out, "hook \"a\"", "bearer_token", MASK);
+        assert_ini(r.out, "hook \"a\"", "url", "http://127.0.0.1:9/a");
+        assert_ini(r.out, "hook \"b\"", "secret", MASK);
+        /* An unset secret is shown as unset, not as a mask. */
+        assert_ini(r.out, "hook \"b\"", "bearer_token", "");
+        assert_no_secrets(r.out, "stdout");
+        assert_no_secrets(r.err, "stderr");
+
+        /* Fed back, every mask is refused at its own line: a printed config cannot be deployed
+         * with "********" as a credential by mistake. */
+        for (const char *p = r.out; *p && n_masked < 8;) {
+                size_t n = strcspn(p, "\n");
+
+                line++;
+                if (n > strlen(" = " MASK) &&
+                    strncmp(p + n - strlen(" = " MASK), " = " MASK, strlen(" = " MASK)) == 0)
+                        masked_lines[n_masked++] = line;
+                p += n + (p[n] ? 1 : 0);
+        }
+        cr_assert_eq(n_masked, 5, "want 5 masked values in:\n%s", r.out);
+        snprintf(printed, sizeof(printed), "%s/printed.conf", d.dir);
+        cr_assert_eq(it_write_file(printed, r.out), 0);
+        {
+                const char *args2[] = {"check-config", "-c", printed, NULL};
+
+                again = run(args2, NULL);
+        }
+        cr_assert_eq(again.code, 78, "the masked config was accepted (%d)", again.code);
+        cr_assert_eq(again.out_len, 0);
+        lines = err_lines(again.err);
+        for (unsigned i = 0; i < n_masked; i++) {
+                char at[IT_PATH_MAX + 96];
+
+                snprintf(at, sizeof(at), "%s:%u: ", printed, masked_lines[i]);
+                cr_assert_eq(count_prefixed(lines, at), 1,
+                             "the mask on line %u is not refused:\n%s", masked_lines[i], again.err);
+        }
+        lines_free(lines);
+        it_result_free(&again);
+        it_result_free(&r);
+}
+
+/* ---- the environment ---- */
+
+static const char env_config[] = "[api]\n"
+                                 "listen = 127.0.0.1:0\n"
+                                 "[store]\n"
+                                 "path = @DIR@/ctxhookd.db\n"
+                                 "[hook \"notes-on.end\"]\n" /* 5 */
+                                 "on = conversation.end\n"
+                                 "secret = " HOOK_SECRET "\n"
+                                 "timeout_ms = 5000\n";
+
+Test(checkconfig, environment_overrides_are_printed)
+{
+        const char *args[] = {"check-config", "-c", NULL, NULL};
+        const char *env[] = {"CTXHOOKD_HOOK_NOTES_ON_END_URL=http://127.0.0.1:9/from-env",
+                             "CTXHOOKD_HOOK_NOTES_ON_END_TIMEOUT_MS=1234",
+                             "CTXHOOKD_HOOK_NOTES_ON_END_CLOSE_REASON=SYSTEM,TIMEOUT",
+                             "CTXHOOKD_HOOK_NOTES_ON_END_SECRET=" ENV_SECRET,
+                             "CTXHOOKD_HOOK_NOTES_ON_END_BEARER_TOKEN=" BEARER_SECRET,
+                             "CTXHOOKD_KAFKA_TOPIC=from-env",
+                             "CTXHOOKD_LOG_LEVEL=notice",
+                             "CTXHOOKD_DELIVERY_MAX_IN_FLIGHT=7",
+                             "CTXHOOKD_STORE_POOL_SIZE=3",
+                             NULL};
+        struct it_result r;
+        char **lines, at[IT_PATH_MAX + 96];
+
+        cr_assert_eq(it_daemon_init(&d, env_config), 0);
+        args[2] = d.conf;
+
+        /* Without the environment the hook has no url. */
+        r = run(args, NULL);
+        cr_assert_eq(r.code, 78, "a hook without url passed (%d)", r.code);
+        lines = err_lines(r.err);
+        snprintf(at, sizeof(at), "%s:5: [hook \"notes-on.end\"] url: ", d.conf);
+        assert_problem(lines, r.err, at, "required");
+        lines_free(lines);
+        it_result_free(&r);
+
+        r = run(args, env);
+        cr_assert_eq(r.code, 0, "check-config with the overrides exited %d:\n%s", r.code, r.err);
+        assert_ini(r.out, "hook \"notes-on.end\"", "url", "http://127.0.0.1:9/from-env");
+        assert_ini(r.out, "hook \"notes-on.end\"", "timeout_ms", "1234");
+        assert_ini(r.out, "hook \"notes-on.end\"", "close_reason", "SYSTEM,TIMEOUT");
+        assert_ini(r.out, "hook \"notes-on.end\"", "secret", MASK);
+        assert_ini(r.out, "hook \"notes-on.end\"", "bearer_token", MASK);
+        assert_ini(r.out, "hook \"notes-on.end\"", "on", "conversation.end");
+        assert_ini(r.out, "kafka", "topic", "from-env");
+        assert_ini(r.out, "log", "level", "notice");
+        assert_ini(r.out, "delivery", "max_in_flight", "7");
+        assert_ini(r.out, "store", "pool_size", "3");
+        assert_no_secrets(r.out, "stdout");
+        assert_no_secrets(r.err, "stderr");
+        it_result_free(&r);
+}
+
+Test(checkconfig, bad_environment_values_name_the_variable)
+{
+        const char *args[] = {"check-config", "-c", NULL, NULL};
+        const char *env[] = {"CTXHOOKD_API_MAX_BODY=lots",
+                             "CTXHOOKD_HOOK_NOTES_ON_END_TIMEOUT_MS=5",
+                             "CTXHOOKD_HOOK_NOTES_ON_END_SECRET=not-a-whsec-secret",
+                             "CTXHOOKD_KAFKA_TOPIC=bad topic!",
+                             "CTXHOOKD_HOOK_NOTES_ON_END_URL=http://127.0.0.1:9/ok",
+                             NULL};
+        static const struct {
+                const char *var, *reason;
+        } want[] = {
+            {"CTXHOOKD_API_MAX_BODY", "integer"},
+            {"CTXHOOKD_HOOK_NOTES_ON_END_TIMEOUT_MS", "range"},
+            {"CTXHOOKD_HOOK_NOTES_ON_END_SECRET", "whsec_"},
+            {"CTXHOOKD_KAFKA_TOPIC", ""},
+        };
+        _cleanup_free_ char *conf = NULL;
+        struct it_result r;
+        char **lines, at[IT_PATH_MAX + 96];
+        size_t env_lines = 0;
+
+        /* One problem in the file too: both kinds are reported together. */
+        cr_assert_gt(asprintf(&conf, "%sbogus = 1\n", env_config), 0); /* line 9 */
+        cr_assert_eq(it_daemon_init(&d, conf), 0);
+        args[2] = d.conf;
+        r = run(args, env);
+        cr_assert_eq(r.code, 78, "bad values from the environment passed (%d):\n%s", r.code, r.out);
+        cr_assert_eq(r.out_len, 0, "printed on stdout:\n%s", r.out);
+        lines = err_lines(r.err);
+        for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+                char prefix[256];
+
+                /* The variable is named where a file problem names FILE:LINE. */
+                snprintf(prefix, sizeof(prefix), "environment %s: ", want[i].var);
+                assert_problem(lines, r.err, prefix, want[i].reason);
+        }
+        for (size_t i = 0; lines[i]; i++)
+                if (strstr(lines[i], "CTXHOOKD_"))
+                        env_lines++;
+        cr_assert_eq(env_lines, sizeof(want) / sizeof(want[0]),
+                     "want one line per bad variable, and none for the good one:\n%s", r.err);
+        snprintf(at, sizeof(at), "%s:9: [hook \"notes-on.end\"] bogus: ", d.conf);
+        assert_problem(lines, r.err, at, "unknown key");
+        assert_no_secrets(r.err, "stderr");
+        lines_free(lines);
+        it_result_free(&r);
+}
