@@ -161,7 +161,8 @@ struct service {
         bool sweeper_running;
 
         char listening[128]; /* "listening on http://…" */
-        char status[512];    /* the last STATUS= sent */
+        char status[1024];   /* the last STATUS= sent */
+        char refused[256];   /* why the last reload was refused; "" after one that applied */
         int64_t watchdog_ms; /* systemd's WatchdogSec, 0 = none */
         int stalled;         /* index of the stalled part being reported, -1 = none */
 };
@@ -314,6 +315,31 @@ static void log_lines(int level, const char *prefix, const char *text)
         }
 }
 
+/* STATUS=: where it listens, what it consumes, how much waits. Sent when it changes. */
+static void update_status(struct service *sv)
+{
+        char text[sizeof(sv->status)];
+        long long depth = metrics_gauge_get(sv->metrics, METRICS_OUTBOX_DEPTH);
+        long long dead = metrics_gauge_get(sv->metrics, METRICS_DEAD_LETTERS);
+        char kafka[300];
+
+        if (!sv->consumer)
+                snprintf(kafka, sizeof(kafka), "not consuming from Kafka");
+        else if (consumer_ready(sv->consumer))
+                snprintf(kafka, sizeof(kafka), "consuming %s", sv->cfg->kafka.topic);
+        else
+                snprintf(kafka, sizeof(kafka), "waiting for partitions of %s",
+                         sv->cfg->kafka.topic);
+        snprintf(text, sizeof(text), "%s; %s; outbox %lld queued, %lld dead letters%s%s",
+                 sv->listening, kafka, depth, dead,
+                 sv->refused[0] ? "; last reload refused, the running configuration stays: " : "",
+                 sv->refused);
+        if (strcmp(text, sv->status) == 0)
+                return;
+        snprintf(sv->status, sizeof(sv->status), "%s", text);
+        notify_status(sv->status);
+}
+
 /* SIGHUP: reads the file the daemon started with again. A config that does not validate, or
  * whose hooks cannot be set up, is refused as a whole and the running one stays in force.
  * Order matters: the deliverer learns new hooks before the pipeline queues work for them. */
@@ -365,42 +391,19 @@ static void service_reload(struct service *sv)
          * switched. The one the daemon started with stays: restart-only parts read it. */
         config_free(sv->reloaded);
         sv->reloaded = next;
+        sv->refused[0] = '\0';
         metrics_reload(sv->metrics, METRICS_RELOAD_APPLIED);
+        update_status(sv);
         notify_ready(sv->status);
         return;
 
 refused:
         config_free(next);
         metrics_reload(sv->metrics, METRICS_RELOAD_REFUSED);
-        /* The first line of the reason: STATUS= is one line. */
-        snprintf(sv->status, sizeof(sv->status),
-                 "reload refused (the running configuration "
-                 "stays in force): %.*s",
-                 (int)strcspn(err.msg, "\n"), err.msg);
+        /* Shown in STATUS= (one line: the first problem) until a reload applies. */
+        snprintf(sv->refused, sizeof(sv->refused), "%.*s", (int)strcspn(err.msg, "\n"), err.msg);
+        update_status(sv);
         notify_ready(sv->status);
-}
-
-/* STATUS=: where it listens, what it consumes, how much waits. Sent when it changes. */
-static void update_status(struct service *sv)
-{
-        char text[sizeof(sv->status)];
-        long long depth = metrics_gauge_get(sv->metrics, METRICS_OUTBOX_DEPTH);
-        long long dead = metrics_gauge_get(sv->metrics, METRICS_DEAD_LETTERS);
-        char kafka[300];
-
-        if (!sv->consumer)
-                snprintf(kafka, sizeof(kafka), "not consuming from Kafka");
-        else if (consumer_ready(sv->consumer))
-                snprintf(kafka, sizeof(kafka), "consuming %s", sv->cfg->kafka.topic);
-        else
-                snprintf(kafka, sizeof(kafka), "waiting for partitions of %s",
-                         sv->cfg->kafka.topic);
-        snprintf(text, sizeof(text), "%s; %s; outbox %lld queued, %lld dead letters", sv->listening,
-                 kafka, depth, dead);
-        if (strcmp(text, sv->status) == 0)
-                return;
-        snprintf(sv->status, sizeof(sv->status), "%s", text);
-        notify_status(sv->status);
 }
 
 /* The watchdog's tick: WATCHDOG=1 only while no thread is stuck; a stall (and its end) is
