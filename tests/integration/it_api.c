@@ -1162,7 +1162,7 @@ API_TEST(ttl_end_to_end)
 
         /* The sweeper (every second in this config) deletes the expired rows themselves: only
          * c, e and g are left in the file, read behind the daemon's back. */
-        long long rows = -1, deadline = it_now_ms() + 5000;
+        long long rows = -1, deadline = it_now_ms() + 5000 * it_timeout_scale();
         while (it_now_ms() < deadline) {
                 sqlite3 *db = NULL;
                 sqlite3_stmt *st = NULL;

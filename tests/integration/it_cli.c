@@ -755,7 +755,7 @@ Test(cli, sigterm_lets_the_request_in_flight_finish)
                 }
         }
         cr_assert_eq(it_write_all(fd, body + half, len - half), 0);
-        resp = it_read_all(fd, 10000, NULL);
+        resp = it_read_all(fd, 10000 * it_timeout_scale(), NULL);
         cr_assert_not_null(resp);
         cr_assert(strncmp(resp, "HTTP/1.1 204", 12) == 0, "in-flight request answered:\n%s", resp);
         free(resp);

@@ -21,7 +21,7 @@
 
 #define ACCT    "le-ingest"
 #define EVENTS  "/v1/account/" ACCT "/events"
-#define WAIT_MS 30000
+#define WAIT_MS (30000 * it_timeout_scale())
 
 static struct it_daemon d;
 static struct it_peer sink;

@@ -35,8 +35,8 @@
 
 /* Generous, for the sanitizer build on a loaded machine; the tests wait for conditions, they
  * never sleep a fixed time to let something happen. */
-#define WAIT_MS  30000
-#define READY_MS 20000
+#define WAIT_MS  (30000 * it_timeout_scale())
+#define READY_MS (20000 * it_timeout_scale())
 
 static struct it_daemon d;
 static struct it_peer kafka, sink;
@@ -1475,14 +1475,14 @@ Test(pipeline, nothing_lost_when_killed)
         start_daemon(conf);
 
         crash_chunk(0, 1000);
-        json_decref(wait_ok(300, 60000));
+        json_decref(wait_ok(300, 60000 * it_timeout_scale()));
         kill_and_restart();
         crash_chunk(1000, 2000);
-        json_decref(wait_ok(1300, 60000));
+        json_decref(wait_ok(1300, 60000 * it_timeout_scale()));
         kill_and_restart();
         crash_chunk(2000, CRASH_EVENTS);
 
-        deadline = it_now_ms() + 90000;
+        deadline = it_now_ms() + 90000 * it_timeout_scale();
         for (;;) {
                 bool *got = calloc(CRASH_EVENTS, sizeof(bool));
 

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <criterion/hooks.h>
 #include <curl/curl.h>
 
 #include "ctxhookd/buf.h"
@@ -189,6 +190,8 @@ char *it_subst_dir(const char *text, const char *dir)
 
 /* ---- processes ---- */
 
+static char *find_program(const char *argv0);
+
 static const char *bin_path(void)
 {
         const char *bin = getenv("CTXHOOKD_BIN");
@@ -198,6 +201,94 @@ static const char *bin_path(void)
                 return NULL;
         }
         return bin;
+}
+
+int it_timeout_scale(void)
+{
+        static int scale;
+
+        if (scale == 0) {
+                const char *s = getenv("CTXHOOKD_TIMEOUT_SCALE");
+                char *end = NULL;
+                long v = s ? strtol(s, &end, 10) : 0;
+
+                scale = s && end != s && *end == '\0' && v > 0 && v <= 1000 ? (int)v : 1;
+        }
+        return scale;
+}
+
+#define WRAPPER_MAX 24
+
+/* The words of $CTXHOOKD_WRAPPER, NULL-terminated, the first resolved through $PATH; parsed
+ * once (the test process never changes it) and kept until exit. NULL when it cannot be used. */
+static const char *const *wrapper_words(void)
+{
+        static const char *words[WRAPPER_MAX + 1];
+        static char *mem;
+        static int done;
+        const char *w = getenv("CTXHOOKD_WRAPPER");
+        char *save = NULL, *prog;
+        int n = 0;
+
+        if (done)
+                return words;
+        if (w && *w) {
+                mem = strdup(w);
+                if (!mem)
+                        return NULL;
+                for (char *word = strtok_r(mem, " ", &save); word;
+                     word = strtok_r(NULL, " ", &save)) {
+                        if (n == WRAPPER_MAX) {
+                                fprintf(stderr, "it: CTXHOOKD_WRAPPER has over %d words\n",
+                                        WRAPPER_MAX);
+                                free(mem);
+                                mem = NULL;
+                                return NULL;
+                        }
+                        words[n++] = word;
+                }
+        }
+        if (n > 0) {
+                prog = find_program(words[0]);
+                if (!prog) {
+                        fprintf(stderr, "it: CTXHOOKD_WRAPPER: %s not found in $PATH\n", words[0]);
+                        free(mem);
+                        mem = NULL;
+                        return NULL;
+                }
+                words[0] = prog;
+        }
+        words[n] = NULL;
+        done = 1;
+        return words;
+}
+
+/* A suite's criterion time limit is scaled with the waits: the runner calls this before it
+ * runs the suite's tests, and reads the limit from the suite's data when it starts each. */
+ReportHook(PRE_SUITE)(struct criterion_suite_set *set)
+{
+        if (set->suite.data && set->suite.data->timeout > 0)
+                set->suite.data->timeout *= it_timeout_scale();
+}
+
+#define IT_ARGV_MAX 64
+
+/* Starts argv (room for IT_ARGV_MAX entries) with the wrapper's words and the binary; returns
+ * the number of entries used, or a negative errno code. */
+static int argv_begin(const char **argv)
+{
+        const char *const *wrap = wrapper_words();
+        const char *bin = bin_path();
+        int n = 0;
+
+        if (!bin)
+                return -ENOENT;
+        if (!wrap)
+                return -EINVAL;
+        for (; wrap[n]; n++)
+                argv[n] = wrap[n];
+        argv[n++] = bin;
+        return n;
 }
 
 static int env_overridden(const char *entry, const char *const *env)
@@ -300,11 +391,11 @@ int it_daemon_init(struct it_daemon *d, const char *config_text)
 int it_daemon_spawn(struct it_daemon *d, const char *const *env, const char *const *extra_args)
 {
         const char *bin = bin_path();
-        const char *argv[32];
+        const char *argv[IT_ARGV_MAX];
         _cleanup_free_ char **envp = NULL;
         char out_path[IT_PATH_MAX + 16];
         struct stat st;
-        int n = 0, out_fd, err_fd, r;
+        int n, out_fd, err_fd, r;
 
         if (!bin)
                 return -ENOENT;
@@ -312,14 +403,16 @@ int it_daemon_spawn(struct it_daemon *d, const char *const *env, const char *con
                 fprintf(stderr, "it: daemon already running\n");
                 return -EBUSY;
         }
-        argv[n++] = bin;
+        n = argv_begin(argv);
+        if (n < 0)
+                return n;
         if (!d->no_run_word)
                 argv[n++] = "run";
         if (d->conf[0]) {
                 argv[n++] = "-c";
                 argv[n++] = d->conf;
         }
-        for (size_t i = 0; extra_args && extra_args[i] && n < 30; i++)
+        for (size_t i = 0; extra_args && extra_args[i] && n < IT_ARGV_MAX - 1; i++)
                 argv[n++] = extra_args[i];
         argv[n] = NULL;
         envp = build_env(env);
@@ -519,17 +612,16 @@ int it_log_lines_prefixed(const char *text)
 
 int it_run(const char *cwd, const char *const *args, const char *const *env, struct it_result *ret)
 {
-        const char *bin = bin_path();
-        const char *argv[32];
+        const char *argv[IT_ARGV_MAX];
         _cleanup_free_ char **envp = NULL;
         char tmp[IT_DIR_MAX] = "";
         struct it_daemon proc = {0};
-        int n = 0, out_fd = -1, err_fd = -1, r;
+        int n, out_fd = -1, err_fd = -1, r;
 
-        if (!bin)
-                return -ENOENT;
-        argv[n++] = bin;
-        for (size_t i = 0; args && args[i] && n < 31; i++)
+        n = argv_begin(argv);
+        if (n < 0)
+                return n;
+        for (size_t i = 0; args && args[i] && n < IT_ARGV_MAX - 1; i++)
                 argv[n++] = args[i];
         argv[n] = NULL;
         envp = build_env(env);

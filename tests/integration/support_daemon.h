@@ -16,10 +16,15 @@
 #define IT_DIR_MAX  64 /* "/tmp/ctxhookd-it-XXXXXX" */
 
 /* How long a daemon may take to say it is listening, or to exit after a signal. Generous so
- * that the sanitizer build on a loaded machine does not flake. */
-#define IT_START_TIMEOUT_MS 10000
-#define IT_STOP_TIMEOUT_MS  10000
-#define IT_CLI_TIMEOUT_MS   20000
+ * that the sanitizer build on a loaded machine does not flake; multiplied by
+ * $CTXHOOKD_TIMEOUT_SCALE for slow runs (under valgrind, see tools/valgrind). */
+#define IT_START_TIMEOUT_MS (10000 * it_timeout_scale())
+#define IT_STOP_TIMEOUT_MS  (10000 * it_timeout_scale())
+#define IT_CLI_TIMEOUT_MS   (20000 * it_timeout_scale())
+
+/* $CTXHOOKD_TIMEOUT_SCALE (a positive integer; 1 when unset or invalid): tests multiply their
+ * waits for the daemon by it, and so does support_daemon.c every TestSuite's .timeout. */
+int it_timeout_scale(void);
 
 /* A config for the tests: any free port on loopback, the database in the daemon's directory,
  * a small body cap (IT_MAX_BODY) and debug logging (so that "never in the log" is a strong
@@ -54,6 +59,10 @@ char *it_read_file(const char *path, size_t *ret_len);
 char *it_subst_dir(const char *text, const char *dir);
 
 /* ---- the daemon ---- */
+
+/* Every run of $CTXHOOKD_BIN (daemon and one-shot commands) is prefixed with the words of
+ * $CTXHOOKD_WRAPPER when it is set (split on spaces, e.g. "valgrind --tool=memcheck -q"); the
+ * first word is looked up in $PATH. The test tools and kcat are never wrapped. */
 
 /* Prepares d with a fresh directory. config_text (with @DIR@ substituted) is written to
  * dir/ctxhookd.conf and passed with -c; NULL means no file and no -c. */
