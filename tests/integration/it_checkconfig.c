@@ -120,51 +120,11 @@ static void assert_no_secrets(const char *text, const char *what)
                                secrets[i], text);
 }
 
-/* The value of key in the `section` ("api", "hook \"x\"") of INI text, trimmed; 0 when
- * found, -1 when absent. */
-static int ini_value(const char *text, const char *section, const char *key, char *out,
-                     size_t outsz)
-{
-        char cur[256] = "";
-
-        for (const char *p = text; *p;) {
-                size_t n = strcspn(p, "\n");
-                char line[2048], *s, *eq, *e;
-
-                snprintf(line, sizeof(line), "%.*s", (int)n, p);
-                p += n + (p[n] ? 1 : 0);
-                s = line + strspn(line, " \t");
-                if (*s == ';' || *s == '#' || *s == '\0')
-                        continue;
-                if (*s == '[') {
-                        e = strrchr(s, ']');
-                        cr_assert_not_null(e, "bad header in the printed config: %s", s);
-                        snprintf(cur, sizeof(cur), "%.*s", (int)(e - s - 1), s + 1);
-                        continue;
-                }
-                eq = strchr(s, '=');
-                if (!eq || strcmp(cur, section) != 0)
-                        continue;
-                for (e = eq; e > s && (e[-1] == ' ' || e[-1] == '\t'); e--)
-                        ;
-                if ((size_t)(e - s) != strlen(key) || strncmp(s, key, (size_t)(e - s)) != 0)
-                        continue;
-                s = eq + 1 + strspn(eq + 1, " \t");
-                for (e = s + strlen(s); e > s && (e[-1] == ' ' || e[-1] == '\t'); e--)
-                        e[-1] = '\0';
-                snprintf(out, outsz, "%s", s);
-                return 0;
-        }
-        return -1;
-}
-
+/* [section] key of INI text (see it_ini_value) is want. */
 static void assert_ini(const char *text, const char *section, const char *key, const char *want)
 {
-        char v[2048];
-
-        cr_assert_eq(ini_value(text, section, key, v, sizeof(v)), 0, "[%s] %s missing in:\n%s",
-                     section, key, text);
-        cr_assert_str_eq(v, want, "[%s] %s = '%s', want '%s'", section, key, v, want);
+        cr_assert_eq(it_ini_expect(text, section, key, want), 0, "[%s] %s is not '%s' (above)",
+                     section, key, want);
 }
 
 /* ---- every problem, with its line ---- */

@@ -5,9 +5,7 @@
  * STOPPING=1 on a NOTIFY_SOCKET), graceful shutdown with a request in flight, the log format,
  * and the failures an operator meets first (port in use, store that cannot be opened). */
 #include <criterion/criterion.h>
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -51,57 +49,11 @@ static char *args_text(const char *const *args)
         return text;
 }
 
-/* The value of key in [section] of INI text, trimmed, in out; 0 when found, -1 when absent. */
-static int ini_value(const char *text, const char *section, const char *key, char *out,
-                     size_t outsz)
-{
-        char cur[128] = "";
-        const char *p = text;
-
-        while (*p) {
-                size_t n = strcspn(p, "\n");
-                char line[1024];
-                char *s, *eq, *k, *v, *e;
-
-                snprintf(line, sizeof(line), "%.*s", (int)n, p);
-                p += n + (p[n] ? 1 : 0);
-                s = line + strspn(line, " \t");
-                if (*s == ';' || *s == '#' || *s == '\0')
-                        continue;
-                if (*s == '[') {
-                        snprintf(cur, sizeof(cur), "%.*s", (int)strcspn(s + 1, "]"), s + 1);
-                        continue;
-                }
-                eq = strchr(s, '=');
-                if (!eq || strcmp(cur, section) != 0)
-                        continue;
-                *eq = '\0';
-                k = s;
-                for (e = eq; e > k && (e[-1] == ' ' || e[-1] == '\t'); e--)
-                        e[-1] = '\0';
-                if (strcmp(k, key) != 0)
-                        continue;
-                v = eq + 1 + strspn(eq + 1, " \t");
-                /* an inline comment starts with " ;" */
-                e = strstr(v, " ;");
-                if (e)
-                        *e = '\0';
-                for (e = v + strlen(v); e > v && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r');
-                     e--)
-                        e[-1] = '\0';
-                snprintf(out, outsz, "%s", v);
-                return 0;
-        }
-        return -1;
-}
-
+/* [section] key of INI text (see it_ini_value) is want. */
 static void assert_ini(const char *text, const char *section, const char *key, const char *want)
 {
-        char v[512];
-
-        cr_assert_eq(ini_value(text, section, key, v, sizeof(v)), 0, "[%s] %s missing in:\n%s",
-                     section, key, text);
-        cr_assert_str_eq(v, want, "[%s] %s = '%s', want '%s'", section, key, v, want);
+        cr_assert_eq(it_ini_expect(text, section, key, want), 0, "[%s] %s is not '%s' (above)",
+                     section, key, want);
 }
 
 /* 1 when one line of text contains both a and b. */
@@ -123,16 +75,9 @@ static int line_has_both(const char *text, const char *a, const char *b)
 /* A listening TCP socket on a free loopback port, to make that port busy. */
 static int busy_port(unsigned *ret_port)
 {
-        struct sockaddr_in sa = {.sin_family = AF_INET};
-        socklen_t len = sizeof(sa);
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int fd = it_busy_port(ret_port);
 
-        cr_assert_geq(fd, 0);
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-        cr_assert_eq(listen(fd, 4), 0);
-        cr_assert_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-        *ret_port = ntohs(sa.sin_port);
+        cr_assert_geq(fd, 0, "cannot make a loopback port busy");
         return fd;
 }
 
@@ -307,8 +252,9 @@ Test(cli, check_config_prints_effective_config)
         for (size_t i = 0; i < sizeof(table_keys) / sizeof(table_keys[0]); i++) {
                 char v[512];
 
-                cr_assert_eq(ini_value(r.out, table_keys[i][0], table_keys[i][1], v, sizeof(v)), 0,
-                             "[%s] %s not printed:\n%s", table_keys[i][0], table_keys[i][1], r.out);
+                cr_assert_eq(it_ini_value(r.out, table_keys[i][0], table_keys[i][1], v, sizeof(v)),
+                             0, "[%s] %s not printed:\n%s", table_keys[i][0], table_keys[i][1],
+                             r.out);
         }
         snprintf(path, sizeof(path), "%s/x.db", d.dir);
         assert_ini(r.out, "api", "listen", "127.0.0.1:0");
@@ -353,8 +299,9 @@ Test(cli, check_config_defaults_round_trip)
         for (size_t i = 0; i < sizeof(table_keys) / sizeof(table_keys[0]); i++) {
                 char v[512];
 
-                cr_assert_eq(ini_value(r.out, table_keys[i][0], table_keys[i][1], v, sizeof(v)), 0,
-                             "[%s] %s not printed:\n%s", table_keys[i][0], table_keys[i][1], r.out);
+                cr_assert_eq(it_ini_value(r.out, table_keys[i][0], table_keys[i][1], v, sizeof(v)),
+                             0, "[%s] %s not printed:\n%s", table_keys[i][0], table_keys[i][1],
+                             r.out);
         }
         /* An unset secret is shown as unset, not as a mask that would then become the token. */
         assert_ini(r.out, "api", "admin_token", "");
@@ -560,7 +507,7 @@ Test(cli, embedded_default_without_config)
                 cr_assert_eq(r.code, 0, "check-config without a config exited %d:\n%s", r.code,
                              r.err);
                 assert_ini(r.out, "api", "listen", "127.0.0.1:8080");
-                cr_assert_eq(ini_value(r.out, "store", "path", v, sizeof(v)), 0);
+                cr_assert_eq(it_ini_value(r.out, "store", "path", v, sizeof(v)), 0);
                 cr_assert(strcmp(v, "ctxhookd.db") == 0 || strcmp(v, "./ctxhookd.db") == 0,
                           "embedded store path '%s' is not ctxhookd.db in the working directory",
                           v);

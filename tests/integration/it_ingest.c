@@ -13,11 +13,9 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/evp.h>
-#include <openssl/rand.h>
-
 #include "ctxhookd/cleanup.h"
 #include "support_daemon.h"
+#include "support_sink.h"
 
 #define ACCT    "le-ingest"
 #define EVENTS  "/v1/account/" ACCT "/events"
@@ -32,20 +30,14 @@ static char api_key[257];
 
 static void setup(void)
 {
-        unsigned char key[32], b64[64];
-        const char *args[] = {"--out", sink_out, "--secret", secret, NULL};
         char *conf = NULL;
         unsigned port;
 
         cr_assert_eq(it_tmpdir(dir), 0);
         snprintf(sink_out, sizeof(sink_out), "%s/sink.jsonl", dir);
-        cr_assert_eq(RAND_bytes(key, sizeof(key)), 1);
-        cr_assert_eq(EVP_EncodeBlock(b64, key, sizeof(key)), 44);
-        snprintf(secret, sizeof(secret), "whsec_%s", (const char *)b64);
-        cr_assert_eq(it_peer_start(&sink, dir, "webhook_sink", args), 0,
+        it_make_secret(secret);
+        cr_assert_eq(it_sink_start(&sink, dir, sink_out, secret, 0, NULL, &port), 0,
                      "webhook_sink did not start");
-        port = (unsigned)strtoul(sink.line, NULL, 10);
-        cr_assert(port > 0 && port < 65536, "webhook_sink printed '%s'", sink.line);
         /* No [kafka] brokers: ingest over HTTP is the only way in. */
         cr_assert_gt(asprintf(&conf,
                               "%s"
@@ -116,39 +108,19 @@ static long post_event(const char *key, const char *idem, const char *body, char
 /* Every complete line of the sink's file, as a JSON array. */
 static json_t *sink_records(void)
 {
-        _cleanup_free_ char *text = it_read_file(sink_out, NULL);
-        json_t *arr = json_array();
+        json_t *recs = it_sink_records(sink_out);
 
-        for (const char *p = text; p && *p;) {
-                const char *nl = strchr(p, '\n');
-                json_t *rec;
-
-                if (!nl)
-                        break; /* being written */
-                rec = json_loadb(p, (size_t)(nl - p), 0, NULL);
-                cr_assert_not_null(rec, "bad sink record: %.*s", (int)(nl - p), p);
-                json_array_append_new(arr, rec);
-                p = nl + 1;
-        }
-        return arr;
+        cr_assert_not_null(recs, "a line of the sink's file is not JSON");
+        return recs;
 }
 
 static json_t *wait_records(size_t n)
 {
-        long long deadline = it_now_ms() + WAIT_MS;
+        json_t *recs = NULL;
 
-        for (;;) {
-                json_t *recs = sink_records();
-
-                if (json_array_size(recs) >= n)
-                        return recs;
-                json_decref(recs);
-                if (it_now_ms() > deadline)
-                        break;
-                it_sleep_ms(20);
-        }
-        cr_assert_fail("the sink did not get %zu requests in %d ms", n, WAIT_MS);
-        return NULL;
+        cr_assert_eq(it_sink_wait(sink_out, n, NULL, NULL, WAIT_MS, &recs), 0,
+                     "the sink did not get %zu requests in %d ms", n, WAIT_MS);
+        return recs;
 }
 
 /* The value of one exact series line ("name{labels}" or "name") of /metrics; -1 if absent. */
@@ -186,11 +158,9 @@ static json_t *find_by_event_id(json_t *recs, const char *id)
 
         json_array_foreach(recs, i, rec)
         {
-                json_t *e = json_object_get(
-                    json_object_get(json_object_get(rec, "body"), "payload"), "event");
+                json_t *v = json_object_get(it_rec_event(rec), "id");
 
-                if (json_is_string(json_object_get(e, "id")) &&
-                    strcmp(json_string_value(json_object_get(e, "id")), id) == 0)
+                if (json_is_string(v) && strcmp(json_string_value(v), id) == 0)
                         return rec;
         }
         return NULL;

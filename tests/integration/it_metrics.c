@@ -10,25 +10,19 @@
  * nothing. The parser itself is tested first, on a valid text and on broken ones it must
  * refuse, so that "the exposition parses" means something. */
 #include <criterion/criterion.h>
-#include <criterion/logging.h>
-#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
-
-#include <openssl/evp.h>
-#include <openssl/rand.h>
 
 #include "ctxhookd/cleanup.h"
 #include "support_daemon.h"
 #include "support_prom.h"
+#include "support_sink.h"
 
 #define ACCT       "12345678"
 #define TOPIC      "conversation-events"
@@ -253,13 +247,9 @@ static unsigned long tally[CODES];
 
 static void setup(void)
 {
-        unsigned char key[32], b64[64];
-
         cr_assert_eq(it_tmpdir(dir), 0);
         snprintf(sink_out, sizeof(sink_out), "%s/sink.jsonl", dir);
-        cr_assert_eq(RAND_bytes(key, sizeof(key)), 1);
-        cr_assert_eq(EVP_EncodeBlock(b64, key, sizeof(key)), 44);
-        snprintf(secret, sizeof(secret), "whsec_%s", (const char *)b64);
+        it_make_secret(secret);
         memset(tally, 0, sizeof(tally));
 }
 
@@ -272,14 +262,6 @@ static void teardown(void)
 }
 
 TestSuite(metrics, .init = setup, .fini = teardown, .timeout = 240);
-
-static void show_log_tail(void)
-{
-        _cleanup_free_ char *log = it_daemon_log(&d);
-        size_t n = strlen(log);
-
-        cr_log_error("daemon log (tail):\n%s", n > 6000 ? log + n - 6000 : log);
-}
 
 /* One request, which must answer want; counted in the tally. ret (may be NULL) gets the
  * response. */
@@ -477,51 +459,6 @@ static void assert_http_deltas(const struct prom_exposition *a, const struct pro
 
 /* ---- the traffic test ---- */
 
-static unsigned closed_port(void)
-{
-        struct sockaddr_in sa = {.sin_family = AF_INET};
-        socklen_t len = sizeof(sa);
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-        cr_assert_geq(fd, 0);
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-        cr_assert_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-        close(fd);
-        return ntohs(sa.sin_port);
-}
-
-static json_t *sink_records(void)
-{
-        _cleanup_free_ char *text = it_read_file(sink_out, NULL);
-        json_t *arr = json_array();
-
-        for (const char *p = text; p && *p;) {
-                const char *nl = strchr(p, '\n');
-                json_t *rec;
-
-                if (!nl)
-                        break; /* being written */
-                rec = json_loadb(p, (size_t)(nl - p), 0, NULL);
-                cr_assert_not_null(rec, "bad sink record: %.*s", (int)(nl - p), p);
-                json_array_append_new(arr, rec);
-                p = nl + 1;
-        }
-        return arr;
-}
-
-static bool wait_ready(void)
-{
-        long long deadline = it_now_ms() + READY_MS;
-
-        do {
-                if (it_call(&d, "GET", "/readyz", NULL, NULL, NULL) == 200)
-                        return true;
-                it_sleep_ms(50);
-        } while (it_now_ms() < deadline);
-        return false;
-}
-
 static void post_event(const char *idem, const char *body, long want)
 {
         char line[256];
@@ -561,31 +498,55 @@ static bool settled(const struct prom_exposition *e, size_t sink_ok)
 
 static size_t sink_ok_count(void)
 {
-        json_t *recs = sink_records(), *rec;
+        json_t *recs = it_sink_records(sink_out), *rec;
         size_t i, n = 0;
 
+        cr_assert_not_null(recs, "a line of the sink's file is not JSON");
         json_array_foreach(recs, i, rec)
         {
-                long long s = json_integer_value(json_object_get(rec, "status"));
-
                 cr_assert(json_is_true(json_object_get(rec, "signature_ok")), "bad signature");
-                if (s >= 200 && s < 300)
+                if (it_rec_2xx(rec))
                         n++;
         }
         json_decref(recs);
         return n;
 }
 
+/* The config: HOOK_END delivers ends to the sink, HOOK_IDLE idles to down_port, where nothing
+ * listens (one attempt, then a dead letter). */
+static char *make_config(unsigned sink_port, unsigned down_port)
+{
+        _cleanup_free_ char *hooks = NULL, *consumer = it_kafka_section(bootstrap, TOPIC,
+                                                                        "it-metrics", ACCT, 6000);
+
+        cr_assert_gt(asprintf(&hooks,
+                              "[hook \"" HOOK_END "\"]\n"
+                              "on = conversation.end\n"
+                              "url = @URL@/fn\n"
+                              "secret = @SECRET@\n"
+                              "[hook \"" HOOK_IDLE "\"]\n"
+                              "on = conversation.idle\n"
+                              "url = http://127.0.0.1:%u/idle\n"
+                              "secret = @SECRET@\n"
+                              "max_attempts = 1\n"
+                              "timeout_ms = 2000\n",
+                              down_port),
+                     0);
+        const char *const sections[] = {consumer, "[delivery]\nretry_base_ms = 100\n", hooks, NULL};
+        struct it_config c = {.api_extra = "admin_token = " ADMIN "\n", .sections = sections};
+
+        return it_config_text(&c, sink_port, secret);
+}
+
 Test(metrics, exposition_counts_what_happened)
 {
-        const char *sink_args[] = {"--out", sink_out, "--secret", secret, NULL};
         const char *kafka_args[] = {"--topic", TOPIC, "--partitions", "1", NULL};
         _cleanup_free_ char *conf = NULL, *text = NULL, *produced = NULL, *last_text = NULL;
         struct prom_exposition *first, *last = NULL;
         struct it_response r;
         char auth[128];
         const char *admin_headers[] = {auth, NULL};
-        unsigned sink_port, down_port = closed_port();
+        unsigned sink_port, down_port = it_closed_port();
         long long deadline;
         json_t *j, *items;
         size_t plen = 0;
@@ -593,43 +554,15 @@ Test(metrics, exposition_counts_what_happened)
 
         cr_assert_eq(it_peer_start(&kafka, dir, "mock_kafka", kafka_args), 0);
         snprintf(bootstrap, sizeof(bootstrap), "%s", kafka.line);
-        cr_assert_eq(it_peer_start(&sink, dir, "webhook_sink", sink_args), 0);
-        sink_port = (unsigned)strtoul(sink.line, NULL, 10);
-        cr_assert(sink_port > 0 && sink_port < 65536, "webhook_sink printed '%s'", sink.line);
-        cr_assert_gt(asprintf(&conf,
-                              "[api]\n"
-                              "listen = 127.0.0.1:0\n"
-                              "threads = 2\n"
-                              "admin_token = " ADMIN "\n"
-                              "[store]\n"
-                              "path = @DIR@/ctxhookd.db\n"
-                              "[log]\n"
-                              "level = debug\n"
-                              "[kafka]\n"
-                              "brokers = %s\n"
-                              "topic = " TOPIC "\n"
-                              "group = it-metrics\n"
-                              "account = " ACCT "\n"
-                              "session.timeout.ms = 6000\n"
-                              "heartbeat.interval.ms = 300\n"
-                              "[delivery]\n"
-                              "retry_base_ms = 100\n"
-                              "[hook \"" HOOK_END "\"]\n"
-                              "on = conversation.end\n"
-                              "url = http://127.0.0.1:%u/fn\n"
-                              "secret = %s\n"
-                              "[hook \"" HOOK_IDLE "\"]\n"
-                              "on = conversation.idle\n"
-                              "url = http://127.0.0.1:%u/idle\n"
-                              "secret = %s\n"
-                              "max_attempts = 1\n"
-                              "timeout_ms = 2000\n",
-                              bootstrap, sink_port, secret, down_port, secret),
-                     0);
+        cr_assert_neq(down_port, 0, "no closed port found");
+        cr_assert_eq(it_sink_start(&sink, dir, sink_out, secret, 0, NULL, &sink_port), 0,
+                     "webhook_sink did not start");
+        conf = make_config(sink_port, down_port);
         cr_assert_eq(it_daemon_init(&d, conf), 0);
         cr_assert_eq(it_apikey_create(&d, ACCT, api_key), 0);
         cr_assert_eq(it_daemon_start(&d, NULL, NULL), 0, "the daemon did not start");
-        cr_assert(wait_ready(), "/readyz did not answer 200 with the partitions assigned");
+        cr_assert_eq(it_daemon_wait_ready(&d, READY_MS), 0,
+                     "/readyz did not answer 200 with the partitions assigned");
 
         /* From the first scrape on, the tally holds every request, the first scrape too: a
          * request is counted once answered, so a scrape shows the ones before it only. */
@@ -701,7 +634,7 @@ Test(metrics, exposition_counts_what_happened)
                 if (settled(last, ok))
                         break;
                 if (it_now_ms() > deadline) {
-                        show_log_tail();
+                        it_daemon_print_log_tail(&d, 6000);
                         cr_assert_fail("the metrics did not settle (sink got %zu deliveries, want "
                                        "%d); last exposition:\n%s",
                                        ok, DELIVERED, last_text);

@@ -53,12 +53,10 @@ TestSuite(ops, .init = setup, .fini = teardown, .timeout = 240);
 
 static void start_sink(const char *delay_ms)
 {
-        const char *args[] = {"--out", sink_out, "--secret", secret, "--delay-ms", delay_ms, NULL};
+        const char *args[] = {"--delay-ms", delay_ms, NULL};
 
-        cr_assert_eq(it_peer_start(&sink, dir, "webhook_sink", args), 0,
+        cr_assert_eq(it_sink_start(&sink, dir, sink_out, secret, 0, args, &sink_port), 0,
                      "webhook_sink did not start");
-        sink_port = (unsigned)strtoul(sink.line, NULL, 10);
-        cr_assert(sink_port > 0 && sink_port < 65536, "webhook_sink printed '%s'", sink.line);
 }
 
 /* The daemon's config: the API at listen, the store in its directory (with store_extra
@@ -67,26 +65,11 @@ static void start_sink(const char *delay_ms)
 static char *make_config(const char *listen, const char *level, const char *store_extra,
                          const char *extra, const char *hooks)
 {
-        char url[64], *text = NULL;
-        _cleanup_free_ char *h1 = NULL, *h2 = NULL;
+        const char *const sections[] = {extra, hooks, NULL};
+        struct it_config c = {
+            .listen = listen, .level = level, .store_extra = store_extra, .sections = sections};
 
-        snprintf(url, sizeof(url), "http://127.0.0.1:%u", sink_port);
-        h1 = it_replace_all(hooks, "@URL@", url);
-        h2 = it_replace_all(h1, "@SECRET@", secret);
-        cr_assert_gt(asprintf(&text,
-                              "[api]\n"
-                              "listen = %s\n"
-                              "threads = 2\n"
-                              "[store]\n"
-                              "path = @DIR@/ctxhookd.db\n"
-                              "%s"
-                              "[log]\n"
-                              "level = %s\n"
-                              "%s"
-                              "%s",
-                              listen, store_extra, level, extra, h2),
-                     0);
-        return text;
+        return it_config_text(&c, sink_port, secret);
 }
 
 /* Replaces the daemon's config file (as an operator editing it would). */
@@ -141,37 +124,45 @@ static void wait_log(const char *needle)
         }
 }
 
+struct delivery {
+        const char *conv;
+        const char *path; /* NULL = any path */
+};
+
+/* A 2xx, well signed record of the conversation at the path. */
+static bool is_delivery(json_t *rec, const void *arg)
+{
+        const struct delivery *q = arg;
+
+        return it_rec_ok(rec) &&
+               strcmp(it_rec_str(it_rec_event(rec), "conversationId"), q->conv) == 0 &&
+               (!q->path || strcmp(it_rec_str(rec, "path"), q->path) == 0);
+}
+
 /* The sink's 2xx records of conversation conv at path (NULL = any path). */
 static size_t delivered(const char *conv, const char *path)
 {
-        json_t *recs = it_sink_records(sink_out), *rec;
-        size_t i, n = 0;
+        json_t *recs = it_sink_records(sink_out);
+        size_t n;
 
         cr_assert_not_null(recs);
-        json_array_foreach(recs, i, rec)
-        {
-                json_t *event = json_object_get(it_rec_payload(rec), "event");
-
-                if (it_rec_ok(rec) && strcmp(it_rec_str(event, "conversationId"), conv) == 0 &&
-                    (!path || strcmp(it_rec_str(rec, "path"), path) == 0))
-                        n++;
-        }
+        n = it_recs_count(recs, is_delivery, &(struct delivery){conv, path});
         json_decref(recs);
         return n;
 }
 
 static void wait_delivered(const char *conv, const char *path)
 {
-        long long deadline = it_now_ms() + WAIT_MS;
+        const struct delivery q = {conv, path};
+        json_t *recs = NULL;
+        int r = it_sink_wait(sink_out, 1, is_delivery, &q, WAIT_MS, &recs);
 
-        while (delivered(conv, path) == 0) {
-                if (it_now_ms() > deadline) {
-                        _cleanup_free_ char *log = it_daemon_log(&d);
+        if (r < 0) {
+                _cleanup_free_ char *log = it_daemon_log(&d);
 
-                        cr_assert_fail("%s never delivered to %s; log:\n%s", conv, path, log);
-                }
-                it_sleep_ms(50);
+                cr_assert_fail("%s never delivered to %s; log:\n%s", conv, path, log);
         }
+        json_decref(recs);
 }
 
 static long long metric(const char *series)
@@ -425,7 +416,7 @@ Test(ops, sigterm_under_load_loses_and_repeats_nothing)
                                     "on = conversation.end\n"
                                     "url = @URL@/fn\n"
                                     "secret = @SECRET@\n";
-        char kafka_section[512];
+        _cleanup_free_ char *kafka_section = NULL, *extra = NULL;
         const char *kafka_args[] = {"--topic", TOPIC, "--partitions", "4", NULL};
         _cleanup_free_ char *conf = NULL;
         char *text = NULL;
@@ -438,12 +429,13 @@ Test(ops, sigterm_under_load_loses_and_repeats_nothing)
 
         cr_assert_eq(it_peer_start(&kafka, dir, "mock_kafka", kafka_args), 0);
         start_sink("20");
-        snprintf(kafka_section, sizeof(kafka_section),
-                 "[kafka]\nbrokers = %s\ntopic = " TOPIC "\ngroup = it-ops\naccount = " ACCT
-                 "\nsession.timeout.ms = 4000\nheartbeat.interval.ms = 300\n"
-                 "[delivery]\nmax_in_flight = 8\nretry_base_ms = 100\nretry_max_ms = 1000\n",
-                 kafka.line);
-        conf = make_config("127.0.0.1:0", "debug", "", kafka_section, hooks);
+        kafka_section = it_kafka_section(kafka.line, TOPIC, "it-ops", ACCT, 4000);
+        cr_assert_gt(asprintf(&extra,
+                              "%s[delivery]\nmax_in_flight = 8\nretry_base_ms = 100\n"
+                              "retry_max_ms = 1000\n",
+                              kafka_section),
+                     0);
+        conf = make_config("127.0.0.1:0", "debug", "", extra, hooks);
         start_daemon(conf, NULL);
 
         cr_assert_not_null(f);

@@ -10,23 +10,17 @@
  * (in the sanitizer build that carries LeakSanitizer's verdict). */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-#include <openssl/rand.h>
-
 #include "ctxhookd/cleanup.h"
 #include "support_daemon.h"
+#include "support_sink.h"
 
 #define ACCT  "12345678"
 #define TOPIC "conversation-events"
@@ -78,20 +72,11 @@ static const char *const samples[] = {
 
 /* ---- fixture ---- */
 
-static void make_secret(void)
-{
-        unsigned char key[32], b64[64];
-
-        cr_assert_eq(RAND_bytes(key, sizeof(key)), 1);
-        cr_assert_eq(EVP_EncodeBlock(b64, key, sizeof(key)), 44);
-        snprintf(secret, sizeof(secret), "whsec_%s", (const char *)b64);
-}
-
 static void setup(void)
 {
         cr_assert_eq(it_tmpdir(dir), 0);
         snprintf(sink_out, sizeof(sink_out), "%s/sink.jsonl", dir);
-        make_secret();
+        it_make_secret(secret);
 }
 
 static void teardown(void)
@@ -119,22 +104,8 @@ static void start_kafka(int partitions)
  * sink when there was one, so that a restart keeps the hooks' URL valid. */
 static void start_sink(const char *const *extra)
 {
-        const char *args[24] = {"--out", sink_out, "--secret", secret};
-        char port[16];
-        size_t n = 4;
-
-        if (sink_port) {
-                snprintf(port, sizeof(port), "%u", sink_port);
-                args[n++] = "--port";
-                args[n++] = port;
-        }
-        for (size_t i = 0; extra && extra[i] && n < 23; i++)
-                args[n++] = extra[i];
-        args[n] = NULL;
-        cr_assert_eq(it_peer_start(&sink, dir, "webhook_sink", args), 0,
+        cr_assert_eq(it_sink_start(&sink, dir, sink_out, secret, sink_port, extra, &sink_port), 0,
                      "webhook_sink did not start");
-        sink_port = (unsigned)strtoul(sink.line, NULL, 10);
-        cr_assert(sink_port > 0 && sink_port < 65536, "webhook_sink printed '%s'", sink.line);
 }
 
 static void stop_sink(void)
@@ -145,75 +116,18 @@ static void stop_sink(void)
         cr_assert_eq(code, 0, "webhook_sink exited %d", code);
 }
 
-/* A port on loopback that nothing listens on (for a receiver that is down). */
-static unsigned closed_port(void)
-{
-        struct sockaddr_in sa = {.sin_family = AF_INET};
-        socklen_t len = sizeof(sa);
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-        cr_assert_geq(fd, 0);
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-        cr_assert_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-        close(fd);
-        return ntohs(sa.sin_port);
-}
-
-/* Every occurrence of `from` in text replaced by `to`; malloc'ed. */
-static char *replace_all(const char *text, const char *from, const char *to)
-{
-        char *out = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&out, &len);
-        const char *p = text, *at;
-
-        cr_assert_not_null(f);
-        while ((at = strstr(p, from)) != NULL) {
-                fwrite(p, 1, (size_t)(at - p), f);
-                fputs(to, f);
-                p = at + strlen(from);
-        }
-        fputs(p, f);
-        fclose(f);
-        return out;
-}
-
 /* The daemon's config: loopback API on any port, the admin token (unless admin is false),
  * Kafka at `brokers` with quick group rebalances (a SIGKILLed member is noticed after 4 s),
  * the given [delivery] lines and hooks. In hooks, @URL@ becomes the sink's base URL and
  * @SECRET@ the signing secret. */
 static char *make_config(const char *brokers, bool admin, const char *delivery, const char *hooks)
 {
-        char url[64];
-        _cleanup_free_ char *h1 = NULL, *h2 = NULL;
-        char *text = NULL;
+        _cleanup_free_ char *consumer = it_kafka_section(brokers, TOPIC, "it-pipeline", ACCT, 4000);
+        const char *const sections[] = {consumer, "[delivery]\n", delivery, hooks, NULL};
+        struct it_config c = {.api_extra = admin ? "admin_token = " ADMIN "\n" : NULL,
+                              .sections = sections};
 
-        snprintf(url, sizeof(url), "http://127.0.0.1:%u", sink_port);
-        h1 = replace_all(hooks, "@URL@", url);
-        h2 = replace_all(h1, "@SECRET@", secret);
-        cr_assert_gt(asprintf(&text,
-                              "[api]\n"
-                              "listen = 127.0.0.1:0\n"
-                              "threads = 2\n"
-                              "%s"
-                              "[store]\n"
-                              "path = @DIR@/ctxhookd.db\n"
-                              "[log]\n"
-                              "level = debug\n"
-                              "[kafka]\n"
-                              "brokers = %s\n"
-                              "topic = " TOPIC "\n"
-                              "group = it-pipeline\n"
-                              "account = " ACCT "\n"
-                              "session.timeout.ms = 4000\n"
-                              "heartbeat.interval.ms = 300\n"
-                              "[delivery]\n"
-                              "%s"
-                              "%s",
-                              admin ? "admin_token = " ADMIN "\n" : "", brokers, delivery, h2),
-                     0);
-        return text;
+        return it_config_text(&c, sink_port, secret);
 }
 
 static void start_daemon(const char *config)
@@ -226,14 +140,7 @@ static void start_daemon(const char *config)
 /* Waits for /readyz to answer 200 (partitions assigned). Returns whether it did. */
 static bool wait_ready(void)
 {
-        long long deadline = it_now_ms() + READY_MS;
-
-        do {
-                if (it_call(&d, "GET", "/readyz", NULL, NULL, NULL) == 200)
-                        return true;
-                it_sleep_ms(50);
-        } while (it_now_ms() < deadline);
-        return false;
+        return it_daemon_wait_ready(&d, READY_MS) == 0;
 }
 
 static void produce(const char *text)
@@ -259,162 +166,77 @@ static void finish(void)
         cr_assert_eq(code, 0, "mock_kafka exited %d", code);
 }
 
-/* Prints the end of the daemon's log (for a failure message). */
-static void show_log_tail(void)
-{
-        _cleanup_free_ char *log = it_daemon_log(&d);
-        size_t n = strlen(log);
-        const char *p = n > 6000 ? log + n - 6000 : log;
-
-        cr_log_error("daemon log (tail):\n%s", p);
-}
-
 /* ---- the sink's records ---- */
 
 /* Every complete line of the sink's file, as a JSON array. */
 static json_t *sink_records(void)
 {
-        _cleanup_free_ char *text = it_read_file(sink_out, NULL);
-        json_t *arr = json_array();
-        const char *p = text;
+        json_t *recs = it_sink_records(sink_out);
 
-        while (p && *p) {
-                const char *nl = strchr(p, '\n');
-                json_error_t e;
-                json_t *rec;
-
-                if (!nl)
-                        break; /* being written */
-                rec = json_loadb(p, (size_t)(nl - p), 0, &e);
-                cr_assert_not_null(rec, "bad sink record: %s: %.*s", e.text, (int)(nl - p), p);
-                json_array_append_new(arr, rec);
-                p = nl + 1;
-        }
-        return arr;
+        cr_assert_not_null(recs, "a line of the sink's file is not JSON");
+        return recs;
 }
 
-static long long rec_int(json_t *rec, const char *key)
-{
-        return json_integer_value(json_object_get(rec, key));
-}
-
-static bool rec_ok(json_t *rec)
-{
-        long long s = rec_int(rec, "status");
-
-        return s >= 200 && s < 300;
-}
-
-static json_t *rec_payload(json_t *rec)
-{
-        return json_object_get(json_object_get(rec, "body"), "payload");
-}
-
-static json_t *rec_event(json_t *rec)
-{
-        return json_object_get(rec_payload(rec), "event");
-}
-
-static const char *rec_str(json_t *obj, const char *key)
-{
-        const char *s = json_string_value(json_object_get(obj, key));
-
-        return s ? s : "";
-}
-
+/* The conversation of the event delivered. */
 static const char *rec_conv(json_t *rec)
 {
-        return rec_str(rec_event(rec), "conversationId");
+        return it_rec_str(it_rec_event(rec), "conversationId");
 }
 
-static size_t count_ok(json_t *recs)
+/* Whether the sink answered 2xx (the signature is checked on its own, by assert_signed). */
+static bool answered_2xx(json_t *rec, const void *unused)
 {
-        size_t i, n = 0;
-        json_t *rec;
+        (void)unused;
+        return it_rec_2xx(rec);
+}
 
-        json_array_foreach(recs, i, rec) if (rec_ok(rec)) n++;
-        return n;
+static bool for_conversation(json_t *rec, const void *conv)
+{
+        return strcmp(rec_conv(rec), conv) == 0;
+}
+
+/* Waits until the sink has recorded n requests that match (NULL: any); returns all records. */
+static json_t *wait_sink(size_t n, it_rec_match_fn *match, const void *arg, int timeout_ms)
+{
+        json_t *recs = NULL;
+        int r = it_sink_wait(sink_out, n, match, arg, timeout_ms, &recs);
+
+        if (r < 0)
+                it_daemon_print_log_tail(&d, 6000);
+        cr_assert_eq(r, 0, "the sink did not get %zu such requests within %d ms (see above)", n,
+                     timeout_ms);
+        return recs;
 }
 
 /* Waits until the sink has answered n requests with 2xx; returns all records. */
 static json_t *wait_ok(size_t n, int timeout_ms)
 {
-        long long deadline = it_now_ms() + timeout_ms;
-        json_t *recs;
-
-        for (;;) {
-                recs = sink_records();
-                if (count_ok(recs) >= n)
-                        return recs;
-                if (it_now_ms() > deadline)
-                        break;
-                json_decref(recs);
-                it_sleep_ms(50);
-        }
-        show_log_tail();
-        cr_assert_fail("the sink got %zu successful deliveries within %d ms, want %zu; all "
-                       "records:\n%s",
-                       count_ok(recs), timeout_ms, n, json_dumps(recs, JSON_INDENT(1)));
-        return NULL;
+        return wait_sink(n, answered_2xx, NULL, timeout_ms);
 }
 
 /* Waits until the sink has recorded at least n requests (whatever it answered). */
 static json_t *wait_records(size_t n, int timeout_ms)
 {
-        long long deadline = it_now_ms() + timeout_ms;
-        json_t *recs;
-
-        for (;;) {
-                recs = sink_records();
-                if (json_array_size(recs) >= n)
-                        return recs;
-                if (it_now_ms() > deadline)
-                        break;
-                json_decref(recs);
-                it_sleep_ms(20);
-        }
-        show_log_tail();
-        cr_assert_fail("the sink got %zu requests within %d ms, want %zu", json_array_size(recs),
-                       timeout_ms, n);
-        return NULL;
+        return wait_sink(n, NULL, NULL, timeout_ms);
 }
 
 /* Waits until the sink has recorded a request for the conversation. */
 static void wait_conversation_record(const char *conv)
 {
-        long long deadline = it_now_ms() + WAIT_MS;
-
-        for (;;) {
-                json_t *recs = sink_records(), *rec;
-                size_t i;
-
-                json_array_foreach(recs, i, rec)
-                {
-                        if (strcmp(rec_conv(rec), conv) == 0) {
-                                json_decref(recs);
-                                return;
-                        }
-                }
-                json_decref(recs);
-                if (it_now_ms() > deadline)
-                        break;
-                it_sleep_ms(20);
-        }
-        show_log_tail();
-        cr_assert_fail("the sink got no request for %s", conv);
+        json_decref(wait_sink(1, for_conversation, conv, WAIT_MS));
 }
 
 /* Asserts the things every request must have: POST of JSON, a webhook-id, a fresh
  * webhook-timestamp, and a signature the sink verified. */
 static void assert_signed(json_t *rec)
 {
-        long long now = (long long)time(NULL), ts = rec_int(rec, "timestamp");
+        long long now = (long long)time(NULL), ts = it_rec_int(rec, "timestamp");
         _cleanup_free_ char *shown = json_dumps(rec, JSON_COMPACT);
 
-        cr_assert_str_eq(rec_str(rec, "method"), "POST", "%s", shown);
-        cr_assert(strncmp(rec_str(rec, "content_type"), "application/json", 16) == 0,
+        cr_assert_str_eq(it_rec_str(rec, "method"), "POST", "%s", shown);
+        cr_assert(strncmp(it_rec_str(rec, "content_type"), "application/json", 16) == 0,
                   "Content-Type: %s", shown);
-        cr_assert(rec_str(rec, "webhook_id")[0], "no webhook-id: %s", shown);
+        cr_assert(it_rec_str(rec, "webhook_id")[0], "no webhook-id: %s", shown);
         cr_assert(ts > now - 300 && ts <= now + 5, "webhook-timestamp %lld, now %lld: %s", ts, now,
                   shown);
         cr_assert(json_is_true(json_object_get(rec, "signature_ok")), "bad signature: %s", shown);
@@ -534,7 +356,7 @@ static json_t *wait_dead_letters(size_t n)
                 it_sleep_ms(50);
         }
         if (json_array_size(items) != n)
-                show_log_tail();
+                it_daemon_print_log_tail(&d, 6000);
         cr_assert_eq(json_array_size(items), n, "%zu dead letters, want %zu: %s",
                      json_array_size(items), n, json_dumps(items, JSON_COMPACT));
         return items;
@@ -602,9 +424,12 @@ static json_t *find_delivery(json_t *recs, const char *path, const char *event_i
         size_t i;
         json_t *rec;
 
-        json_array_foreach(
-            recs, i, rec) if (rec_ok(rec) && strcmp(rec_str(rec, "path"), path) == 0 &&
-                              strcmp(rec_str(rec_event(rec), "id"), event_id) == 0) return rec;
+        json_array_foreach(recs, i, rec)
+        {
+                if (it_rec_2xx(rec) && strcmp(it_rec_str(rec, "path"), path) == 0 &&
+                    strcmp(it_rec_str(it_rec_event(rec), "id"), event_id) == 0)
+                        return rec;
+        }
         return NULL;
 }
 
@@ -686,22 +511,22 @@ Test(pipeline, samples_end_to_end)
                     found = rec;
                 cr_assert_not_null(found, "no delivery for %s", want[k].conv);
                 assert_signed(found);
-                cr_assert_eq(rec_int(found, "status"), 200);
-                cr_assert_str_eq(rec_str(found, "path"), "/fn");
-                cr_assert_str_eq(rec_str(found, "authorization"), "Bearer it-bearer-42");
+                cr_assert_eq(it_rec_int(found, "status"), 200);
+                cr_assert_str_eq(it_rec_str(found, "path"), "/fn");
+                cr_assert_str_eq(it_rec_str(found, "authorization"), "Bearer it-bearer-42");
                 cr_assert(
                     json_is_integer(json_object_get(json_object_get(found, "body"), "timestamp")),
                     "body.timestamp");
                 assert_json_eq(json_object_get(json_object_get(found, "body"), "headers"), "[]",
                                "body.headers");
-                payload = rec_payload(found);
-                cr_assert_str_eq(rec_str(payload, "hook"), "notes-on-autoclose");
+                payload = it_rec_payload(found);
+                cr_assert_str_eq(it_rec_str(payload, "hook"), "notes-on-autoclose");
                 event = json_object_get(payload, "event");
-                cr_assert_str_eq(rec_str(event, "id"), want[k].id);
-                cr_assert_str_eq(rec_str(event, "kind"), "conversation.end");
-                cr_assert_str_eq(rec_str(event, "accountId"), ACCT);
-                cr_assert_str_eq(rec_str(event, "conversationId"), want[k].conv);
-                cr_assert_str_eq(rec_str(event, "closeReason"), want[k].reason);
+                cr_assert_str_eq(it_rec_str(event, "id"), want[k].id);
+                cr_assert_str_eq(it_rec_str(event, "kind"), "conversation.end");
+                cr_assert_str_eq(it_rec_str(event, "accountId"), ACCT);
+                cr_assert_str_eq(it_rec_str(event, "conversationId"), want[k].conv);
+                cr_assert_str_eq(it_rec_str(event, "closeReason"), want[k].reason);
                 cr_assert_eq(json_integer_value(json_object_get(event, "time")), want[k].time,
                              "%s: time", want[k].conv);
                 raw_want = want[k].line == 4 ? json_incref(json_array_get(raw4, 0))
@@ -718,11 +543,11 @@ Test(pipeline, samples_end_to_end)
         items = wait_dead_letters(1);
         item = json_array_get(items, 0);
         cr_assert(json_integer_value(json_object_get(item, "id")) > 0, "dead letter id");
-        cr_assert_str_eq(rec_str(item, "source"), "kafka:" TOPIC "/0/3");
-        cr_assert(strlen(rec_str(item, "reason")) > 3, "dead letter without a reason: %s",
+        cr_assert_str_eq(it_rec_str(item, "source"), "kafka:" TOPIC "/0/3");
+        cr_assert(strlen(it_rec_str(item, "reason")) > 3, "dead letter without a reason: %s",
                   json_dumps(item, JSON_COMPACT));
         cr_assert_not_null(json_object_get(item, "received"), "no 'received'");
-        cr_assert_str_eq(rec_str(item, "raw"), "not json at all");
+        cr_assert_str_eq(it_rec_str(item, "raw"), "not json at all");
         json_decref(items);
         json_decref(recs);
         json_decref(notification);
@@ -831,15 +656,15 @@ Test(pipeline, routing_by_kind_and_close_reason)
                 assert_signed(rec);
                 cr_assert(json_is_null(json_object_get(rec, "authorization")),
                           "Authorization sent without a bearer_token: %s",
-                          rec_str(rec, "authorization"));
-                cr_assert_str_eq(rec_str(rec_payload(rec), "hook"), want[k].hook);
-                event = rec_event(rec);
-                cr_assert_str_eq(rec_str(event, "kind"), want[k].kind, "%s", want[k].id);
-                cr_assert_str_eq(rec_str(event, "conversationId"), want[k].conv);
-                cr_assert_str_eq(rec_str(event, "accountId"), want[k].account, "%s", want[k].id);
+                          it_rec_str(rec, "authorization"));
+                cr_assert_str_eq(it_rec_str(it_rec_payload(rec), "hook"), want[k].hook);
+                event = it_rec_event(rec);
+                cr_assert_str_eq(it_rec_str(event, "kind"), want[k].kind, "%s", want[k].id);
+                cr_assert_str_eq(it_rec_str(event, "conversationId"), want[k].conv);
+                cr_assert_str_eq(it_rec_str(event, "accountId"), want[k].account, "%s", want[k].id);
                 reason = json_object_get(event, "closeReason");
                 if (want[k].reason)
-                        cr_assert_str_eq(rec_str(event, "closeReason"), want[k].reason);
+                        cr_assert_str_eq(it_rec_str(event, "closeReason"), want[k].reason);
                 else
                         cr_assert(json_is_null(reason) ||
                                       (json_is_string(reason) && !*json_string_value(reason)),
@@ -856,16 +681,16 @@ Test(pipeline, routing_by_kind_and_close_reason)
                         json_decref(raw_want);
                         raw_want = c;
                 }
-                cr_assert(json_equal(json_object_get(rec_payload(rec), "raw"), raw_want),
+                cr_assert(json_equal(json_object_get(it_rec_payload(rec), "raw"), raw_want),
                           "%s: raw %s", want[k].id,
-                          json_dumps(json_object_get(rec_payload(rec), "raw"), JSON_COMPACT));
+                          json_dumps(json_object_get(it_rec_payload(rec), "raw"), JSON_COMPACT));
                 json_decref(raw_want);
-                assert_json_eq(json_object_get(rec_payload(rec), "context"), "{}", want[k].id);
+                assert_json_eq(json_object_get(it_rec_payload(rec), "context"), "{}", want[k].id);
         }
         /* One event to two hooks: two messages, two webhook-ids. */
         cr_assert_str_neq(
-            rec_str(find_delivery(recs, "/agent", "kafka:" TOPIC "/0/1"), "webhook_id"),
-            rec_str(find_delivery(recs, "/end", "kafka:" TOPIC "/0/1"), "webhook_id"));
+            it_rec_str(find_delivery(recs, "/agent", "kafka:" TOPIC "/0/1"), "webhook_id"),
+            it_rec_str(find_delivery(recs, "/end", "kafka:" TOPIC "/0/1"), "webhook_id"));
 
         /* No admin_token: the admin endpoints are off, whatever token comes. */
         s = admin("GET", "/admin/dead-letters", "anything-at-all-0123456789", &r);
@@ -894,7 +719,8 @@ Test(pipeline, retries_until_the_receiver_is_up)
         json_t *recs, *rec, *first;
 
         start_kafka(2);
-        sink_port = closed_port();
+        sink_port = it_closed_port();
+        cr_assert_neq(sink_port, 0, "no closed port found");
         conf = make_config(bootstrap, false, "retry_base_ms = 100\nretry_max_ms = 400\n", hooks);
         start_daemon(conf);
         wait_ready();
@@ -935,12 +761,12 @@ Test(pipeline, retries_until_the_receiver_is_up)
         json_array_foreach(recs, i, rec)
         {
                 assert_signed(rec);
-                cr_assert_eq(rec_int(rec, "status"), i < 2 ? 503 : 200);
-                cr_assert_eq(rec_int(rec, "attempt"), (long long)i + 1,
+                cr_assert_eq(it_rec_int(rec, "status"), i < 2 ? 503 : 200);
+                cr_assert_eq(it_rec_int(rec, "attempt"), (long long)i + 1,
                              "the sink saw another webhook-id: %s",
                              json_dumps(recs, JSON_INDENT(1)));
-                cr_assert_str_eq(rec_str(rec, "webhook_id"), rec_str(first, "webhook_id"));
-                cr_assert(json_equal(rec_payload(rec), rec_payload(first)),
+                cr_assert_str_eq(it_rec_str(rec, "webhook_id"), it_rec_str(first, "webhook_id"));
+                cr_assert(json_equal(it_rec_payload(rec), it_rec_payload(first)),
                           "the payload changed between attempts");
         }
         cr_assert_str_eq(rec_conv(first), "down-1");
@@ -989,7 +815,7 @@ Test(pipeline, context_and_clear_after_success)
 
         /* The first attempt failed: the notes must still be there. */
         recs = wait_records(1, WAIT_MS);
-        cr_assert_eq(rec_int(json_array_get(recs, 0), "status"), 429);
+        cr_assert_eq(it_rec_int(json_array_get(recs, 0), "status"), 429);
         json_decref(recs);
         j = context_get(PFX "/agentNotes/ctx-1/properties");
         assert_json_eq(j, "{\"note\":\"callback\",\"priority\":2}",
@@ -1002,10 +828,10 @@ Test(pipeline, context_and_clear_after_success)
         b = json_array_get(recs, 1);
         assert_signed(a);
         assert_signed(b);
-        cr_assert_str_eq(rec_str(a, "webhook_id"), rec_str(b, "webhook_id"));
-        gap = rec_int(b, "received_ms") - rec_int(a, "received_ms");
+        cr_assert_str_eq(it_rec_str(a, "webhook_id"), it_rec_str(b, "webhook_id"));
+        gap = it_rec_int(b, "received_ms") - it_rec_int(a, "received_ms");
         cr_assert_geq(gap, 1900, "Retry-After: 2 not honoured: the retry came after %lld ms", gap);
-        assert_json_eq(json_object_get(rec_payload(b), "context"), ctx_want, "context");
+        assert_json_eq(json_object_get(it_rec_payload(b), "context"), ctx_want, "context");
         cr_assert_str_eq(rec_conv(b), "ctx-1");
 
         /* Cleared after success (soon, not necessarily before the 200 reached the sink). */
@@ -1067,9 +893,9 @@ Test(pipeline, dead_letter_on_404_then_redrive)
         id = json_integer_value(json_object_get(item, "id"));
         dumped = json_dumps(item, JSON_COMPACT);
         cr_assert(id > 0, "%s", dumped);
-        cr_assert(strstr(rec_str(item, "reason"), "404"), "the reason does not name the 404: %s",
+        cr_assert(strstr(it_rec_str(item, "reason"), "404"), "the reason does not name the 404: %s",
                   dumped);
-        cr_assert(rec_str(item, "source")[0], "no source: %s", dumped);
+        cr_assert(it_rec_str(item, "source")[0], "no source: %s", dumped);
         cr_assert_not_null(json_object_get(item, "received"), "%s", dumped);
         cr_assert(strstr(dumped, "dl-1"), "the dead letter's raw does not show the event: %s",
                   dumped);
@@ -1103,8 +929,8 @@ Test(pipeline, dead_letter_on_404_then_redrive)
         recs = wait_ok(1, WAIT_MS);
         cr_assert_eq(json_array_size(recs), 2, "%s", json_dumps(recs, JSON_INDENT(1)));
         assert_signed(json_array_get(recs, 1));
-        cr_assert_str_eq(rec_str(json_array_get(recs, 1), "webhook_id"),
-                         rec_str(json_array_get(recs, 0), "webhook_id"),
+        cr_assert_str_eq(it_rec_str(json_array_get(recs, 1), "webhook_id"),
+                         it_rec_str(json_array_get(recs, 0), "webhook_id"),
                          "a redriven delivery must keep its webhook-id");
         cr_assert_str_eq(rec_conv(json_array_get(recs, 1)), "dl-1");
         json_decref(items);
@@ -1158,15 +984,15 @@ Test(pipeline, admin_dead_letters)
 
                 ids[i] = json_integer_value(json_object_get(it, "id"));
                 snprintf(src, sizeof(src), "kafka:" TOPIC "/0/%zu", i);
-                cr_assert_str_eq(rec_str(it, "source"), src);
-                cr_assert_str_eq(rec_str(it, "raw"), bad[i]);
-                cr_assert(strlen(rec_str(it, "reason")) > 3, "no reason: %s",
+                cr_assert_str_eq(it_rec_str(it, "source"), src);
+                cr_assert_str_eq(it_rec_str(it, "raw"), bad[i]);
+                cr_assert(strlen(it_rec_str(it, "reason")) > 3, "no reason: %s",
                           json_dumps(it, JSON_COMPACT));
                 if (i > 0)
                         cr_assert_gt(ids[i], ids[i - 1], "dead letters not listed by id");
         }
-        cr_assert_str_neq(rec_str(json_array_get(items, 0), "reason"),
-                          rec_str(json_array_get(items, 1), "reason"),
+        cr_assert_str_neq(it_rec_str(json_array_get(items, 0), "reason"),
+                          it_rec_str(json_array_get(items, 1), "reason"),
                           "two different faults, one reason");
         json_decref(items);
 
@@ -1253,7 +1079,7 @@ Test(pipeline, admin_dead_letters)
         it_response_free(&r);
         items = dead_letters("");
         cr_assert_eq(json_array_size(items), 2, "%s", json_dumps(items, JSON_COMPACT));
-        cr_assert_str_eq(rec_str(json_array_get(items, 1), "raw"), bad[2]);
+        cr_assert_str_eq(it_rec_str(json_array_get(items, 1), "raw"), bad[2]);
         json_decref(items);
 
         items = sink_records();
@@ -1324,12 +1150,12 @@ Test(pipeline, conversation_order_under_retries)
         json_array_foreach(recs, i, rec)
         {
                 long long seq = json_integer_value(
-                    json_object_get(json_object_get(rec_payload(rec), "raw"), "seq"));
+                    json_object_get(json_object_get(it_rec_payload(rec), "raw"), "seq"));
 
                 assert_signed(rec);
                 if (strcmp(rec_conv(rec), "ord-1") != 0)
                         continue;
-                if (!rec_ok(rec)) {
+                if (!it_rec_2xx(rec)) {
                         /* Only the first event is attempted while it fails. */
                         cr_assert_eq(seq, 0,
                                      "ord-1 event %lld was sent while event 0 was "
@@ -1337,15 +1163,15 @@ Test(pipeline, conversation_order_under_retries)
                                      seq, json_dumps(recs, JSON_INDENT(1)));
                         cr_assert_eq(next_seq, 0);
                         if (fails++ == 0)
-                                first_fail_ms = rec_int(rec, "received_ms");
-                        last_fail_ms = rec_int(rec, "received_ms");
+                                first_fail_ms = it_rec_int(rec, "received_ms");
+                        last_fail_ms = it_rec_int(rec, "received_ms");
                         continue;
                 }
                 cr_assert_eq(seq, next_seq, "ord-1 delivered out of order: %s",
                              json_dumps(recs, JSON_INDENT(1)));
-                cr_assert_str_eq(rec_str(rec_event(rec), "kind"), ord_kinds[seq]);
+                cr_assert_str_eq(it_rec_str(it_rec_event(rec), "kind"), ord_kinds[seq]);
                 if (next_seq == 0)
-                        first_ok_n = rec_int(rec, "n");
+                        first_ok_n = it_rec_int(rec, "n");
                 next_seq++;
         }
         cr_assert_eq(next_seq, 4, "ord-1: %d of 4 delivered", next_seq);
@@ -1361,11 +1187,11 @@ Test(pipeline, conversation_order_under_retries)
                 {
                         if (strcmp(rec_conv(rec), conv) != 0)
                                 continue;
-                        cr_assert(rec_ok(rec), "%s failed", conv);
+                        cr_assert(it_rec_2xx(rec), "%s failed", conv);
                         cr_assert_eq(json_integer_value(json_object_get(
-                                         json_object_get(rec_payload(rec), "raw"), "seq")),
+                                         json_object_get(it_rec_payload(rec), "raw"), "seq")),
                                      expect, "%s out of order", conv);
-                        cr_assert_lt(rec_int(rec, "n"), first_ok_n,
+                        cr_assert_lt(it_rec_int(rec, "n"), first_ok_n,
                                      "%s waited for the held conversation ord-1: %s", conv,
                                      json_dumps(recs, JSON_INDENT(1)));
                         expect++;
@@ -1493,9 +1319,9 @@ Test(pipeline, nothing_lost_when_killed)
                 json_array_foreach(recs, i, rec)
                 {
                         long long seq = json_integer_value(
-                            json_object_get(json_object_get(rec_payload(rec), "raw"), "seq"));
+                            json_object_get(json_object_get(it_rec_payload(rec), "raw"), "seq"));
 
-                        if (rec_ok(rec) && seq >= 0 && seq < CRASH_EVENTS && !got[seq]) {
+                        if (it_rec_2xx(rec) && seq >= 0 && seq < CRASH_EVENTS && !got[seq]) {
                                 got[seq] = true;
                                 seen++;
                         }
@@ -1510,12 +1336,12 @@ Test(pipeline, nothing_lost_when_killed)
         json_array_foreach(recs, i, rec)
         {
                 long long seq = json_integer_value(
-                    json_object_get(json_object_get(rec_payload(rec), "raw"), "seq"));
-                const char *wid = rec_str(rec, "webhook_id");
+                    json_object_get(json_object_get(it_rec_payload(rec), "raw"), "seq"));
+                const char *wid = it_rec_str(rec, "webhook_id");
 
                 cr_assert(json_is_true(json_object_get(rec, "signature_ok")), "bad signature");
                 cr_assert(seq >= 0 && seq < CRASH_EVENTS, "unknown event delivered");
-                if (!rec_ok(rec))
+                if (!it_rec_2xx(rec))
                         continue;
                 if (ids[seq]) {
                         dups++;
@@ -1531,7 +1357,7 @@ Test(pipeline, nothing_lost_when_killed)
                 if (!ids[k])
                         missing++;
         if (missing)
-                show_log_tail();
+                it_daemon_print_log_tail(&d, 6000);
         cr_assert_eq(missing, 0, "%zu of %d events never delivered", missing, CRASH_EVENTS);
         cr_log_info("crash test: %d events delivered, %zu repeats after the two SIGKILLs",
                     CRASH_EVENTS, dups);

@@ -9,8 +9,6 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <jansson.h>
-#include <openssl/evp.h>
-#include <openssl/rand.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +18,7 @@
 
 #include "ctxhookd/cleanup.h"
 #include "support_daemon.h"
+#include "support_sink.h"
 
 #define ACCT "12345678"
 #define HOOK "ends"
@@ -33,15 +32,12 @@ static char samples[IT_PATH_MAX], kcat_samples[IT_PATH_MAX];
 static void setup(void)
 {
         const char *src = getenv("CTXHOOKD_SOURCE_DIR");
-        unsigned char key[32], b64[64];
 
         cr_assert_not_null(src, "CTXHOOKD_SOURCE_DIR is not set");
         snprintf(samples, sizeof(samples), "%s/tests/data/events/sample.jsonl", src);
         snprintf(kcat_samples, sizeof(kcat_samples), "%s/tests/data/replay/sample.kcatJ.jsonl",
                  src);
-        cr_assert_eq(RAND_bytes(key, sizeof(key)), 1);
-        cr_assert_eq(EVP_EncodeBlock(b64, key, sizeof(key)), 44);
-        snprintf(secret, sizeof(secret), "whsec_%s", (const char *)b64);
+        it_make_secret(secret);
 }
 
 static void teardown(void)
@@ -58,31 +54,27 @@ TestSuite(replay, .init = setup, .fini = teardown, .timeout = 60);
  * with the agentNotes context) posting to url; quick retries, two attempts. */
 static void init(const char *url)
 {
-        _cleanup_free_ char *conf = NULL;
+        _cleanup_free_ char *hook = NULL, *conf = NULL;
 
-        cr_assert_gt(asprintf(&conf,
-                              "[api]\n"
-                              "listen = 127.0.0.1:0\n"
-                              "threads = 2\n"
-                              "[store]\n"
-                              "path = @DIR@/ctxhookd.db\n"
-                              "[log]\n"
-                              "level = debug\n"
-                              "[kafka]\n"
-                              "account = " ACCT "\n"
-                              "max_message_bytes = 1024\n"
-                              "[delivery]\n"
-                              "retry_base_ms = 10\n"
-                              "retry_max_ms = 100\n"
+        cr_assert_gt(asprintf(&hook,
                               "[hook \"" HOOK "\"]\n"
                               "on = conversation.end\n"
                               "close_reason = SYSTEM,TIMEOUT\n"
                               "namespaces = agentNotes\n"
                               "url = %s\n"
-                              "secret = %s\n"
+                              "secret = @SECRET@\n"
                               "max_attempts = 2\n",
-                              url, secret),
+                              url),
                      0);
+        const char *const sections[] = {"[kafka]\n"
+                                        "account = " ACCT "\n"
+                                        "max_message_bytes = 1024\n"
+                                        "[delivery]\n"
+                                        "retry_base_ms = 10\n"
+                                        "retry_max_ms = 100\n",
+                                        hook, NULL};
+
+        conf = it_config_text(&(struct it_config){.sections = sections}, 0, secret);
         cr_assert_eq(it_daemon_init(&d, conf), 0);
 }
 
@@ -456,21 +448,18 @@ Test(replay, golden_file_errors)
 
 static void start_sink(const char *dir, const char *const *extra, char url[128])
 {
-        const char *args[16] = {"--out", sink_out, "--secret", secret};
-        size_t n = 4;
+        unsigned port;
 
-        for (size_t i = 0; extra && extra[i]; i++)
-                args[n++] = extra[i];
-        args[n] = NULL;
-        cr_assert_eq(it_peer_start(&sink, dir, "webhook_sink", args), 0);
-        snprintf(url, 128, "http://127.0.0.1:%u/hook", (unsigned)strtoul(sink.line, NULL, 10));
+        cr_assert_eq(it_sink_start(&sink, dir, sink_out, secret, 0, extra, &port), 0);
+        snprintf(url, 128, "http://127.0.0.1:%u/hook", port);
 }
 
 static json_t *sink_records(void)
 {
-        _cleanup_free_ char *text = it_read_file(sink_out, NULL);
+        json_t *recs = it_sink_records(sink_out);
 
-        return json_lines(text ? text : "");
+        cr_assert_not_null(recs, "a line of the sink's file is not JSON");
+        return recs;
 }
 
 Test(replay, live_replay_delivers_signed_and_repeats_as_a_no_op)

@@ -608,6 +608,26 @@ int it_log_lines_prefixed(const char *text)
         return 1;
 }
 
+int it_daemon_wait_ready(const struct it_daemon *d, int timeout_ms)
+{
+        long long deadline = it_now_ms() + timeout_ms;
+
+        do {
+                if (it_call(d, "GET", "/readyz", NULL, NULL, NULL) == 200)
+                        return 0;
+                it_sleep_ms(50);
+        } while (it_now_ms() < deadline);
+        return -ETIMEDOUT;
+}
+
+void it_daemon_print_log_tail(const struct it_daemon *d, size_t max)
+{
+        _cleanup_free_ char *log = it_daemon_log(d);
+        size_t n = strlen(log);
+
+        fprintf(stderr, "it: daemon log (tail):\n%s\n", n > max ? log + n - max : log);
+}
+
 /* ---- one-shot commands ---- */
 
 int it_run(const char *cwd, const char *const *args, const char *const *env, struct it_result *ret)
@@ -671,6 +691,81 @@ void it_result_free(struct it_result *r)
         free(r->err);
         r->out = r->err = NULL;
         r->out_len = r->err_len = 0;
+}
+
+/* The value part of line (after "key ="): leading and trailing blanks off. */
+static void ini_trim(const char **s, const char **e)
+{
+        *s += strspn(*s, " \t");
+        while (*e > *s && ((*e)[-1] == ' ' || (*e)[-1] == '\t'))
+                (*e)--;
+}
+
+int it_ini_value(const char *text, const char *section, const char *key, char *out, size_t outsz)
+{
+        _cleanup_free_ char *cur = strdup("");
+
+        if (!cur)
+                return -ENOMEM;
+        for (const char *p = text; *p;) {
+                size_t n = strcspn(p, "\n");
+                const char *s = p, *end = p + n, *eq, *close;
+
+                p += n + (p[n] ? 1 : 0);
+                s += strspn(s, " \t");
+                if (s == end || *s == ';' || *s == '#')
+                        continue;
+                if (*s == '[') {
+                        close = memrchr(s, ']', (size_t)(end - s));
+                        if (!close) {
+                                fprintf(stderr, "it: INI header without ']': '%.*s'\n",
+                                        (int)(end - s), s);
+                                return -EBADMSG;
+                        }
+                        free(cur);
+                        cur = strndup(s + 1, (size_t)(close - s - 1));
+                        if (!cur)
+                                return -ENOMEM;
+                        continue;
+                }
+                eq = memchr(s, '=', (size_t)(end - s));
+                if (!eq || strcmp(cur, section) != 0)
+                        continue;
+                {
+                        const char *ks = s, *ke = eq, *vs = eq + 1, *ve = end;
+
+                        ini_trim(&ks, &ke);
+                        if ((size_t)(ke - ks) != strlen(key) || strncmp(ks, key, strlen(key)) != 0)
+                                continue;
+                        ini_trim(&vs, &ve);
+                        if ((size_t)(ve - vs) >= outsz)
+                                return -ENOBUFS;
+                        memcpy(out, vs, (size_t)(ve - vs));
+                        out[ve - vs] = '\0';
+                        return 0;
+                }
+        }
+        return -ENOENT;
+}
+
+int it_ini_expect(const char *text, const char *section, const char *key, const char *want)
+{
+        _cleanup_free_ char *v = malloc(strlen(text) + 1);
+        int r;
+
+        if (!v)
+                return -ENOMEM;
+        r = it_ini_value(text, section, key, v, strlen(text) + 1);
+        if (r < 0) {
+                fprintf(stderr, "it: [%s] %s: %s in:\n%s\n", section, key,
+                        r == -ENOENT ? "missing" : strerror(-r), text);
+                return r;
+        }
+        if (strcmp(v, want) != 0) {
+                fprintf(stderr, "it: [%s] %s = '%s', want '%s'\n", section, key, v, want);
+                return -EINVAL;
+        }
+        return 0;
 }
 
 int it_apikey_create(const struct it_daemon *d, const char *account, char ret_key[257])
@@ -949,6 +1044,29 @@ int it_tcp_connect(unsigned port)
                 close(fd);
                 return r;
         }
+        return fd;
+}
+
+int it_busy_port(unsigned *ret_port)
+{
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        socklen_t len = sizeof(sa);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), r;
+
+        if (fd < 0) {
+                r = -errno;
+                fprintf(stderr, "it: socket: %s\n", strerror(errno));
+                return r;
+        }
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0 ||
+            getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
+                r = -errno;
+                fprintf(stderr, "it: cannot listen on a loopback port: %s\n", strerror(errno));
+                close(fd);
+                return r;
+        }
+        *ret_port = ntohs(sa.sin_port);
         return fd;
 }
 

@@ -101,6 +101,13 @@ int it_log_lines_prefixed(const char *text);
 /* Exit code of a wait status, 128+signal when killed by a signal. */
 int it_exit_code(int status);
 
+/* Polls GET /readyz until it answers 200 (with Kafka: the partitions are assigned). 0, or
+ * -ETIMEDOUT after timeout_ms. */
+int it_daemon_wait_ready(const struct it_daemon *d, int timeout_ms);
+
+/* Prints the last max bytes of the daemon's log to stderr, to go with a failure message. */
+void it_daemon_print_log_tail(const struct it_daemon *d, size_t max);
+
 /* ---- one-shot commands ---- */
 
 struct it_result {
@@ -116,6 +123,17 @@ struct it_result {
  * (whatever its exit code) or a negative code when it could not be run. */
 int it_run(const char *cwd, const char *const *args, const char *const *env, struct it_result *ret);
 void it_result_free(struct it_result *r);
+
+/* The value of key in [section] of INI text (such as the config check-config prints; section
+ * as written between the brackets, e.g. `hook "x"`), with the blanks around it trimmed, into
+ * out. 0 when found; -ENOENT when absent; -EBADMSG (printed) at a section header without "]"
+ * before the key is found; -ENOBUFS when the value does not fit. Nothing else is taken off
+ * the value (no inline comment, no CR): the daemon prints neither, so they would be a bug. */
+int it_ini_value(const char *text, const char *section, const char *key, char *out, size_t outsz);
+
+/* 0 when [section] key of text is exactly want; otherwise prints what is there (or that the
+ * key is missing, with the whole text) and returns it_ini_value's error or -EINVAL. */
+int it_ini_expect(const char *text, const char *section, const char *key, const char *want);
 
 /* `ctxhookd apikey create --account ACCOUNT -c d->conf`; ret_key gets the last line of stdout.
  * Fails unless the command exits 0 with a non-empty last line. */
@@ -166,6 +184,9 @@ int it_is_error_body(const struct it_response *r);
 
 /* Connected socket to 127.0.0.1:port, or a negative errno. */
 int it_tcp_connect(unsigned port);
+/* A socket listening on a free loopback port, which stays busy while it is open; the port goes
+ * to *ret_port. Returns the socket or a negative errno (printed). */
+int it_busy_port(unsigned *ret_port);
 int it_write_all(int fd, const void *p, size_t n);
 /* Reads until EOF or timeout_ms without data; malloc'ed, NUL-terminated. NULL on error. */
 char *it_read_all(int fd, int timeout_ms, size_t *ret_len);
