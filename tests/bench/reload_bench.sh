@@ -103,7 +103,7 @@ for _ in $(seq "$reloads"); do
         done
         t1=$(now_us)
         [ "$(applied_reloads)" -gt "$before" ] || die "a reload was not applied: $(tail -n 3 "$tmp/daemon.err")"
-        times+=($(((t1 - t0))))
+        times+=($((t1 - t0)))
 done
 grep -q 'reload refused' "$tmp/daemon.err" && die "a reload was refused: $(grep 'reload refused' "$tmp/daemon.err" | head -n1)"
 
