@@ -1206,6 +1206,9 @@ static int kafka_property_check(const char *key, const char *value, bool secret,
         rd_kafka_conf_destroy(conf);
         if (res == RD_KAFKA_CONF_OK)
                 return 0;
+        /* Some of librdkafka's messages end with a line break ("… outside allowed range
+         * 10..300000\n"), which would split this problem's line in two. */
+        errstr[strcspn(errstr, "\r\n")] = '\0';
         if (res == RD_KAFKA_CONF_UNKNOWN)
                 snprintf(why, why_size,
                          "unknown key (neither a ctxhookd option nor a librdkafka property)");
@@ -1270,6 +1273,14 @@ static int kafka_extra_key(struct config *c, void *base, const char *key, const 
         return 0;
 }
 
+/* The blank between "key =" and a printed value. inih takes a ';' after a blank for the start
+ * of a comment, so a value that begins with ';' (read from "key =;x") is printed without it:
+ * "key = ;x" would load back as an empty value. */
+static const char *value_gap(const char *s)
+{
+        return s && *s && *s != ';' ? " " : "";
+}
+
 static int kafka_print_extra(const struct config *c, FILE *out)
 {
         int r;
@@ -1277,9 +1288,9 @@ static int kafka_print_extra(const struct config *c, FILE *out)
         r = fprintf(out, "; other keys are librdkafka properties, passed on as they are\n");
         for (size_t i = 0; i < c->kafka.n_extra && r >= 0; i++) {
                 const struct config_kv *kv = &c->kafka.extra[i];
+                const char *shown = kafka_key_is_secret(kv->key) ? SECRET_MASK : kv->value;
 
-                r = fprintf(out, "%s = %s\n", kv->key,
-                            kafka_key_is_secret(kv->key) ? SECRET_MASK : kv->value);
+                r = fprintf(out, "%s =%s%s\n", kv->key, value_gap(shown), shown);
         }
         return r < 0 ? -EIO : 0;
 }
@@ -1825,7 +1836,7 @@ static int print_value(const void *base, const struct option *opt, FILE *out)
                 break;
         }
         s = *(char *const *)field;
-        return fprintf(out, "%s =%s%s\n", opt->key, s && *s ? " " : "", s ? s : "");
+        return fprintf(out, "%s =%s%s\n", opt->key, value_gap(s), s ? s : "");
 }
 
 static int print_rows(const struct section *sec, const void *base, FILE *out)

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 #include "ctxhookd/event.h"
 #include "ctxhookd/names.h"
 
@@ -58,6 +60,8 @@ static const struct {
 
 /* Room for "#999" after the source id: a notification has at most EVENT_CHANGES_MAX changes. */
 #define SOURCE_ID_MAX (EVENT_ID_MAX - 4)
+/* A longer source id is folded: its beginning, "~" and this many hex digits of its SHA-256. */
+#define FOLD_HEX 32
 
 enum event_kind event_kind_from_string(const char *s)
 {
@@ -218,6 +222,32 @@ static int resolve_account(const char *prefix, const char *key, const struct tex
         if (names_check_account(default_account, &why) < 0)
                 return fail(err, "[kafka] account: %s", why.msg);
         memcpy(out, default_account, strlen(default_account) + 1);
+        return 0;
+}
+
+/* A source id longer than SOURCE_ID_MAX becomes one that fits, the same for the same message
+ * and different for different ones: a Kafka topic may have 249 characters, so
+ * "kafka:<topic>/<partition>/<offset>" can be longer, and refusing it would make every message
+ * of such a topic a dead letter. The beginning is kept (cut at a UTF-8 boundary) so the id
+ * still says where the message came from. -ENOMEM when hashing fails. */
+static int fold_source_id(const char *source_id, char out[SOURCE_ID_MAX + 1])
+{
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int md_len = 0;
+        size_t keep = SOURCE_ID_MAX - 1 - FOLD_HEX;
+
+        if (EVP_Digest(source_id, strlen(source_id), md, &md_len, EVP_sha256(), NULL) != 1 ||
+            md_len < FOLD_HEX / 2)
+                return -ENOMEM;
+        while (keep > 0 && ((unsigned char)source_id[keep] & 0xc0) == 0x80)
+                keep--;
+        memcpy(out, source_id, keep);
+        out[keep++] = '~';
+        for (size_t i = 0; i < FOLD_HEX / 2; i++) {
+                out[keep++] = "0123456789abcdef"[md[i] >> 4];
+                out[keep++] = "0123456789abcdef"[md[i] & 15];
+        }
+        out[keep] = '\0';
         return 0;
 }
 
@@ -537,13 +567,22 @@ int event_parse(const char *data, size_t len, size_t max_bytes, const char *sour
                 const char *default_account, int64_t now_ms, struct event_batch *ret,
                 struct ch_error *err)
 {
+        char folded[SOURCE_ID_MAX + 1];
         json_error_t jerr;
         json_t *root, *type;
         struct event *e;
         int r;
 
-        if (!source_id || !*source_id || strlen(source_id) > SOURCE_ID_MAX)
-                return fail(err, "the message's source id must be 1-%d bytes", SOURCE_ID_MAX);
+        if (!source_id || !*source_id)
+                return fail(err, "the message has no source id");
+        if (strlen(source_id) > SOURCE_ID_MAX) {
+                r = fold_source_id(source_id, folded);
+                if (r < 0) {
+                        ch_error_set(err, "cannot hash the message's source id");
+                        return r;
+                }
+                source_id = folded;
+        }
         if (len > max_bytes) {
                 ch_error_set(err, "message of %zu bytes exceeds the limit of %zu bytes", len,
                              max_bytes);

@@ -1610,3 +1610,51 @@ Test(config, environment_variables_that_name_no_option_are_errors)
         }
         unsetenv("CTXHOOKD_API_LISTEN");
 }
+
+/* Found by tests/fuzz/fuzz_config (corpus input crash-value-starting-with-semicolon): "key =;x"
+ * sets ";x" (a ';' starts a comment only after a blank), but config_print wrote "key = ;x", which
+ * loads back as an empty value: refused for a librdkafka property, and a path or group that is
+ * not the one in force. The printed configuration must load back to the same. */
+Test(config, print_round_trips_values_starting_with_semicolon)
+{
+        static const char text[] =
+            "[store]\npath =;odd.db\n[kafka]\ngroup =;grp\nclient.id =;cid\n";
+        struct config *c = load_ok(text), *again;
+        char *first = print_to_string(c), *second;
+
+        cr_assert_str_eq(c->store.path, ";odd.db");
+        cr_expect(strstr(first, "\npath =;odd.db\n"), "%s", first);
+        cr_expect(strstr(first, "\ngroup =;grp\n"), "%s", first);
+        cr_expect(strstr(first, "\nclient.id =;cid\n"), "%s", first);
+        again = load_ok(first);
+        cr_expect_str_eq(again->store.path, ";odd.db");
+        cr_expect_str_eq(again->kafka.group, ";grp");
+        cr_assert_eq(again->kafka.n_extra, 1);
+        cr_expect_str_eq(again->kafka.extra[0].value, ";cid");
+        second = print_to_string(again);
+        cr_expect_str_eq(second, first);
+        free(second);
+        free(first);
+        config_free(again);
+        config_free(c);
+}
+
+/* Found by tests/fuzz/fuzz_config (corpus input crash-librdkafka-message-line-break): some of
+ * librdkafka's refusals end with "\n", which split that problem's line in two, so check-config
+ * printed an empty line among the problems. Every problem is exactly one line. */
+Test(config, librdkafka_refusal_is_one_line)
+{
+        static const char text[] = "[kafka]\n"
+                                   "socket.timeout.ms = 5\n"
+                                   "fetch.wait.max.ms = 300001\n";
+        struct ch_error err = {{0}};
+
+        load_bad(text, &err);
+        cr_expect_eq(count_lines(err.msg), 2, "%s", err.msg);
+        cr_expect_null(strstr(err.msg, "\n\n"), "%s", err.msg);
+        cr_expect(strstr(err.msg, "t.conf:2: [kafka] socket.timeout.ms: librdkafka refuses it: "),
+                  "%s", err.msg);
+        cr_expect(strstr(err.msg, "t.conf:3: [kafka] fetch.wait.max.ms: librdkafka refuses it: "),
+                  "%s", err.msg);
+        cr_expect_neq(err.msg[strlen(err.msg) - 1], '\n', "%s", err.msg);
+}

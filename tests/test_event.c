@@ -588,20 +588,80 @@ Test(event_limits, huge_message_under_the_limit_keeps_everything)
 
 Test(event_limits, source_id)
 {
-        char *src = repeat('s', 253);
+        char *src = repeat('s', 252);
         static const char msg[] = "{\"kind\":\"conversation.end\",\"conversationId\":\"c\"}";
         struct event_batch b = {NULL, 0};
         struct ch_error err;
 
-        cr_assert_eq(event_parse(msg, strlen(msg), MAX, src, DEFAULT, NOW, &b, &err), -EINVAL);
-        cr_assert(strstr(err.msg, "source id"), "%s", err.msg);
-        src[252] = '\0';
         cr_assert_eq(event_parse(msg, strlen(msg), MAX, src, DEFAULT, NOW, &b, &err), 0);
         cr_assert_str_eq(b.events[0].id, src);
         event_batch_free(&b);
         cr_assert_eq(event_parse(msg, strlen(msg), MAX, "", DEFAULT, NOW, &b, &err), -EINVAL);
+        cr_assert(strstr(err.msg, "source id"), "%s", err.msg);
         cr_assert_eq(event_parse(msg, strlen(msg), MAX, NULL, DEFAULT, NOW, &b, &err), -EINVAL);
         free(src);
+}
+
+static char *notification_with(size_t n);
+
+/* The event id of a source id over 252 bytes. */
+static void long_source_id(const char *src, char out[EVENT_ID_MAX + 1])
+{
+        static const char msg[] = "{\"kind\":\"conversation.end\",\"conversationId\":\"c\"}";
+        struct event_batch b = {NULL, 0};
+        struct ch_error err = {{0}};
+
+        cr_assert_eq(event_parse(msg, strlen(msg), MAX, src, DEFAULT, NOW, &b, &err), 0, "%s",
+                     err.msg);
+        strcpy(out, b.events[0].id);
+        event_batch_free(&b);
+}
+
+/* Found by tests/fuzz/fuzz_event (corpus input crash-long-kafka-topic): a Kafka topic may have
+ * 249 characters, so the consumer's and replay's "kafka:<topic>/<partition>/<offset>" may be
+ * over the 252 bytes an event id has room for, and every message of such a topic was refused
+ * as a dead letter ("source id must be 1-252 bytes"). A longer source id is now folded into
+ * its beginning, "~" and 32 hex digits of its hash: stable, distinct, still readable. */
+Test(event_limits, long_source_id_is_folded_not_refused)
+{
+        char topic[250], src[300], other[300], id[EVENT_ID_MAX + 1], again[EVENT_ID_MAX + 1],
+            id_other[EVENT_ID_MAX + 1], want[EVENT_ID_MAX + 8];
+        char *json = notification_with(EVENT_CHANGES_MAX), *head, *tail;
+        struct event_batch b;
+        size_t len;
+
+        memset(topic, 't', 249);
+        topic[249] = '\0';
+        snprintf(src, sizeof(src), "kafka:%s/2147483647/9223372036854775807", topic);
+        snprintf(other, sizeof(other), "kafka:%s/2147483647/9223372036854775806", topic);
+        long_source_id(src, id);
+        long_source_id(src, again);
+        long_source_id(other, id_other);
+        len = strlen(id);
+        cr_assert_eq(len, 252, "%zu: %s", len, id);
+        cr_assert_eq(strncmp(id, src, 219), 0, "keeps the beginning: %s", id);
+        cr_assert_eq(id[219], '~');
+        cr_assert_eq(strspn(id + 220, "0123456789abcdef"), 32, "%s", id + 220);
+        cr_assert_str_eq(id, again, "the same message must get the same id");
+        cr_assert_str_neq(id, id_other, "different messages must get different ids");
+
+        /* The change suffix still fits. */
+        b = parse_ok_len(json, strlen(json), src, DEFAULT);
+        snprintf(want, sizeof(want), "%s#999", id);
+        cr_assert_str_eq(b.events[999].id, want);
+        event_batch_free(&b);
+        free(json);
+
+        /* A multi-byte character is not cut in half: the id stays UTF-8 for the JSON body. */
+        head = repeat('a', 218);
+        tail = repeat('z', 60);
+        snprintf(src, sizeof(src), "%s\xc3\xa9\xc3\xa9%s", head, tail);
+        free(head);
+        free(tail);
+        long_source_id(src, id);
+        cr_assert(names_utf8_valid(id, strlen(id)), "%s", id);
+        cr_assert_eq(strncmp(id, src, 218), 0);
+        cr_assert_eq(id[218], '~', "%s", id);
 }
 
 /* ---- not JSON, not an object, not an event ---- */
