@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ctxhookd/clock.h"
 #include "ctxhookd/api.h"
 #include "ctxhookd/apikey.h"
 #include "ctxhookd/buf.h"
@@ -111,14 +112,6 @@ struct call {
 };
 
 /* ---- small helpers ---- */
-
-static int64_t now_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static double seconds_since(const struct timespec *start)
 {
@@ -596,7 +589,7 @@ static enum MHD_Result post_account(struct call *c, const struct route *rt, stru
                         answer_error(c, MHD_HTTP_BAD_REQUEST, "%s", err.msg);
         }
         if (r == 0) {
-                r = store_ns_create(c->api->store, rt->account, ns, rq->ttl, now_ms());
+                r = store_ns_create(c->api->store, rt->account, ns, rq->ttl, clock_wall_ms());
                 if (r < 0) {
                         char shown[SHOW_MAX];
 
@@ -635,7 +628,7 @@ static enum MHD_Result get_props(struct call *c, const struct route *rt)
         if (r < 0)
                 return c->result;
         r = store_props_get(c->api->store, rt->account, rt->ns, rt->sid,
-                            include_copy ? include : NULL, now_ms(), &props, etag);
+                            include_copy ? include : NULL, clock_wall_ms(), &props, etag);
         if (r < 0) {
                 describe_session(rt, what, sizeof(what));
                 return answer_store_error(c, r, what);
@@ -675,7 +668,7 @@ static enum MHD_Result patch_props(struct call *c, const struct route *rt, struc
                 }
         }
         r = store_props_merge(c->api->store, rt->account, rt->ns, rt->sid, body,
-                              header(c, MHD_HTTP_HEADER_IF_MATCH), now_ms(), etag);
+                              header(c, MHD_HTTP_HEADER_IF_MATCH), clock_wall_ms(), etag);
         if (r < 0) {
                 describe_session(rt, what, sizeof(what));
                 answer_store_error(c, r, what);
@@ -693,7 +686,7 @@ static enum MHD_Result delete_props(struct call *c, const struct route *rt)
         int r;
 
         r = store_props_clear(c->api->store, rt->account, rt->ns, rt->sid,
-                              header(c, MHD_HTTP_HEADER_IF_MATCH), now_ms());
+                              header(c, MHD_HTTP_HEADER_IF_MATCH), clock_wall_ms());
         if (r < 0) {
                 describe_session(rt, what, sizeof(what));
                 return answer_store_error(c, r, what);
@@ -718,8 +711,8 @@ static enum MHD_Result get_prop(struct call *c, const struct route *rt)
         size_t len;
         int r;
 
-        r = store_prop_get(c->api->store, rt->account, rt->ns, rt->sid, rt->prop, now_ms(), &json,
-                           &len, etag);
+        r = store_prop_get(c->api->store, rt->account, rt->ns, rt->sid, rt->prop, clock_wall_ms(),
+                           &json, &len, etag);
         if (r == -ENOENT) {
                 char where[SESSION_DESC_MAX], prop[SHOW_MAX];
 
@@ -747,7 +740,7 @@ static enum MHD_Result put_prop(struct call *c, const struct route *rt, struct r
         if (r < 0)
                 return c->result;
         r = store_prop_put(c->api->store, rt->account, rt->ns, rt->sid, rt->prop, value,
-                           header(c, MHD_HTTP_HEADER_IF_MATCH), now_ms(), etag);
+                           header(c, MHD_HTTP_HEADER_IF_MATCH), clock_wall_ms(), etag);
         json_decref(value);
         if (r < 0) {
                 describe_prop(rt, what, sizeof(what));
@@ -762,7 +755,7 @@ static enum MHD_Result delete_prop(struct call *c, const struct route *rt)
         int r;
 
         r = store_prop_delete(c->api->store, rt->account, rt->ns, rt->sid, rt->prop,
-                              header(c, MHD_HTTP_HEADER_IF_MATCH), now_ms());
+                              header(c, MHD_HTTP_HEADER_IF_MATCH), clock_wall_ms());
         if (r < 0) {
                 describe_prop(rt, what, sizeof(what));
                 return answer_store_error(c, r, what);
@@ -784,10 +777,10 @@ static enum MHD_Result get_session_page(struct call *c, const struct route *rt, 
                 return c->result;
         if (with_props)
                 r = store_session_props(c->api->store, rt->account, rt->ns, page, per_page,
-                                        now_ms(), &list);
+                                        clock_wall_ms(), &list);
         else
-                r = store_session_ids(c->api->store, rt->account, rt->ns, page, per_page, now_ms(),
-                                      &list);
+                r = store_session_ids(c->api->store, rt->account, rt->ns, page, per_page,
+                                      clock_wall_ms(), &list);
         if (r < 0) {
                 describe_session(rt, what, sizeof(what));
                 return answer_store_error(c, r, what);
@@ -801,7 +794,7 @@ static enum MHD_Result get_sessions(struct call *c, const struct route *rt)
         json_t *list;
         int r;
 
-        r = store_session_list(c->api->store, rt->account, rt->ns, now_ms(), &list);
+        r = store_session_list(c->api->store, rt->account, rt->ns, clock_wall_ms(), &list);
         if (r < 0) {
                 describe_session(rt, what, sizeof(what));
                 return answer_store_error(c, r, what);
@@ -832,7 +825,7 @@ static enum MHD_Result post_sessions(struct call *c, const struct route *rt, str
 
                 srt.sid = sid;
                 r = store_session_create(c->api->store, rt->account, rt->ns, sid, rq->ttl,
-                                         now_ms());
+                                         clock_wall_ms());
                 if (r < 0) {
                         describe_session(&srt, what, sizeof(what));
                         answer_store_error(c, r, what);
@@ -995,7 +988,7 @@ static enum MHD_Result post_redrive(struct call *c, const struct route *rt)
         if (!c->api->pipeline)
                 return answer_error(c, MHD_HTTP_SERVICE_UNAVAILABLE,
                                     "redrive is not available in this process");
-        r = store_dead_redrive(c->api->store, id, now_ms(), &raw, &raw_len, &source);
+        r = store_dead_redrive(c->api->store, id, clock_wall_ms(), &raw, &raw_len, &source);
         if (r == -ENOENT)
                 return answer_error(c, MHD_HTTP_NOT_FOUND, "dead letter %" PRId64 " not found", id);
         if (r < 0)
@@ -1006,7 +999,7 @@ static enum MHD_Result post_redrive(struct call *c, const struct route *rt)
                 return answer_json(
                     c, json_pack("{s:I, s:s}", "id", (json_int_t)id, "redriven", "delivery"), NULL);
         }
-        r = pipeline_process(c->api->pipeline, source, NULL, raw, raw_len, now_ms(), &res);
+        r = pipeline_process(c->api->pipeline, source, NULL, raw, raw_len, clock_wall_ms(), &res);
         free(raw);
         free(source);
         if (r < 0)
@@ -1136,7 +1129,7 @@ static enum MHD_Result post_events(struct call *c, const struct route *rt, struc
         if (r < 0)
                 return answer_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR,
                                     "cannot make an event id: %s", strerror(-r));
-        now = now_ms();
+        now = clock_wall_ms();
         r = pipeline_parse(c->api->pipeline, id, rt->account, rq->body.data, rq->body.len, now,
                            &batch, &err);
         if (r == -ENOMEM)
@@ -1303,16 +1296,6 @@ static size_t drain_limit(size_t max_body)
         return max_body > SIZE_MAX / 2 - 65536 ? SIZE_MAX : 2 * max_body + 65536;
 }
 
-static int64_t coarse_ms(void)
-{
-        struct timespec ts;
-
-        /* The coarse clock costs next to nothing and is good to a few ms: plenty for a
-         * watchdog that counts in seconds. It runs with CLOCK_MONOTONIC. */
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The calling MHD thread's watchdog slot, taken on its first request; NULL when every slot is
  * taken (more threads than API_WORKERS_MAX cannot happen with the config's bounds). */
 static struct api_worker *worker_slot(struct api *a)
@@ -1358,7 +1341,8 @@ static enum MHD_Result api_access(void *cls, struct MHD_Connection *conn, const 
         enum MHD_Result result;
 
         if (w)
-                atomic_store_explicit(&w->busy_since_ms, coarse_ms(), memory_order_relaxed);
+                atomic_store_explicit(&w->busy_since_ms, clock_ms(CLOCK_MONOTONIC_COARSE),
+                                      memory_order_relaxed);
         result = api_access_work(cls, conn, url, method, version, upload_data, upload_data_size,
                                  con_cls);
         if (w)

@@ -29,6 +29,7 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
+#include "ctxhookd/clock.h"
 #include "ctxhookd/cleanup.h"
 #include "ctxhookd/consumer.h"
 #include "ctxhookd/log.h"
@@ -105,22 +106,6 @@ struct consumer {
         char sources[BATCH_MAX][SOURCE_MAX + 1];
 };
 
-static int64_t realtime_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t monotonic_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* librdkafka's own log lines (syslog levels), from any of its threads: log_msg is one write. */
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
@@ -190,7 +175,7 @@ static void hold_set(struct consumer *c, int32_t partition, int64_t offset)
                 h->partition = partition;
         }
         h->offset = offset;
-        h->sought_ms = monotonic_ms();
+        h->sought_ms = clock_mono_ms();
 }
 
 static void hold_drop_list(struct consumer *c, const rd_kafka_topic_partition_list_t *parts)
@@ -236,7 +221,7 @@ static bool hold_blocks(struct consumer *c, const char *topic, int32_t partition
 
         if (!h || h->offset == offset)
                 return false;
-        now = monotonic_ms();
+        now = clock_mono_ms();
         if (now - h->sought_ms >= RESEEK_EVERY_MS) {
                 h->sought_ms = now;
                 seek_back(c, topic, partition, h->offset);
@@ -441,13 +426,13 @@ static void enter_fatal(struct consumer *c)
 /* Waits before the same message is tried again, waking for a stop request. */
 static void back_off(struct consumer *c)
 {
-        int64_t until = monotonic_ms() + c->backoff_ms;
+        int64_t until = clock_mono_ms() + c->backoff_ms;
 
-        while (!atomic_load(&c->stop) && monotonic_ms() < until) {
+        while (!atomic_load(&c->stop) && clock_mono_ms() < until) {
                 struct timespec ts = {0, POLL_MS * 1000000L};
 
                 nanosleep(&ts, NULL);
-                atomic_store(&c->last_progress_ms, monotonic_ms());
+                atomic_store(&c->last_progress_ms, clock_mono_ms());
         }
         c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
 }
@@ -582,7 +567,7 @@ static void batch_process(struct consumer *c)
                     .len = m->len,
                 };
         }
-        r = pipeline_process_batch(c->pipeline, c->msgs, c->n_batch, realtime_ms(), c->results);
+        r = pipeline_process_batch(c->pipeline, c->msgs, c->n_batch, clock_wall_ms(), c->results);
         if (r < 0) {
                 if (c->backoff_ms < BACKOFF_FIRST_MS)
                         c->backoff_ms = BACKOFF_FIRST_MS;
@@ -644,7 +629,7 @@ static void *consumer_main(void *arg)
 
         while (!atomic_load(&c->stop)) {
                 rd_kafka_message_t *m;
-                int64_t now = monotonic_ms();
+                int64_t now = clock_mono_ms();
 
                 atomic_store(&c->last_progress_ms, now);
                 if (atomic_load(&c->fatal))
@@ -897,7 +882,7 @@ int consumer_start(const struct config *cfg, struct pipeline *pipeline, struct s
         atomic_init(&c->stop, false);
         atomic_init(&c->ready, false);
         atomic_init(&c->fatal, false);
-        atomic_init(&c->last_progress_ms, monotonic_ms());
+        atomic_init(&c->last_progress_ms, clock_mono_ms());
         atomic_init(&c->outbox_max, cfg->delivery.outbox_max);
 
         if (strcmp(cfg->kafka.brokers, EMBEDDED) == 0) {

@@ -20,6 +20,7 @@
 
 #include <curl/curl.h>
 
+#include "ctxhookd/clock.h"
 #include "ctxhookd/cleanup.h"
 #include "ctxhookd/deliver.h"
 #include "ctxhookd/log.h"
@@ -110,24 +111,6 @@ static CURLcode curl_init_result;
 static void curl_init_once(void)
 {
         curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
-static int64_t clock_ms(clockid_t clock)
-{
-        struct timespec ts;
-
-        clock_gettime(clock, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-        return clock_ms(CLOCK_REALTIME);
-}
-
-static int64_t mono_ms(void)
-{
-        return clock_ms(CLOCK_MONOTONIC);
 }
 
 static uint64_t random_u64(void)
@@ -246,7 +229,7 @@ static bool timers_expire(struct deliver *d, int64_t now)
 /* Logs a store failure, at most every STORE_WARN_MS while it keeps failing, and pauses claims. */
 static void store_failed(struct deliver *d, int64_t *claim_after_mono, const char *what, int r)
 {
-        int64_t now = mono_ms();
+        int64_t now = clock_mono_ms();
 
         if (!d->store_failing || now - d->store_warned_mono_ms >= STORE_WARN_MS) {
                 log_warning("delivery: %s failed: %s; trying again in %d ms", what, strerror(-r),
@@ -422,13 +405,13 @@ static int transfer_start(struct deliver *d, struct transfer *t, const struct ho
         }
         curl_slist_free_all(t->headers);
         t->headers = NULL;
-        r = build_headers(h, t, wall_ms() / 1000, &t->headers);
+        r = build_headers(h, t, clock_wall_ms() / 1000, &t->headers);
         if (r < 0)
                 return r;
         r = setup_easy(t);
         if (r < 0)
                 return r;
-        t->started_mono_ms = mono_ms();
+        t->started_mono_ms = clock_mono_ms();
         if (curl_multi_add_handle(d->multi, t->easy) != CURLM_OK)
                 return -ENOMEM;
         t->busy = true;
@@ -467,7 +450,7 @@ static int claim_and_start(struct deliver *d, bool *ret_more)
 {
         struct store_delivery *batch = NULL;
         size_t n = 0, limit = d->n_free;
-        int64_t now = wall_ms();
+        int64_t now = clock_wall_ms();
         int r;
 
         r = store_outbox_claim(d->store, now, d->lease_ms, limit, &batch, &n);
@@ -559,8 +542,8 @@ enum verdict {
 /* Records the outcome of the finished transfer t. Returns 0 or the store's error. */
 static int transfer_finish(struct deliver *d, struct transfer *t, CURLcode cc)
 {
-        int64_t now = wall_ms(), attempts = t->attempts + 1, retry_after = -1;
-        double seconds = (double)(mono_ms() - t->started_mono_ms) / 1000.0;
+        int64_t now = clock_wall_ms(), attempts = t->attempts + 1, retry_after = -1;
+        double seconds = (double)(clock_mono_ms() - t->started_mono_ms) / 1000.0;
         char summary[ERROR_TEXT_MAX], excerpt[REASON_BODY + 1];
         char detail[ERROR_TEXT_MAX + REASON_BODY + 8];
         char reason[ERROR_TEXT_MAX + REASON_BODY + 80];
@@ -695,7 +678,7 @@ static void update_gauges(struct deliver *d, int64_t *claim_after_mono)
  * (if this fails, their leases run out instead). */
 static void abandon_in_flight(struct deliver *d)
 {
-        int64_t now = wall_ms();
+        int64_t now = clock_wall_ms();
 
         for (size_t i = 0; i < d->n_slots; i++) {
                 struct transfer *t = &d->slots[i];
@@ -807,11 +790,11 @@ static int64_t min64(int64_t a, int64_t b)
 static void *deliver_main(void *arg)
 {
         struct deliver *d = arg;
-        int64_t next_tick = mono_ms(), claim_after = 0, store_due = INT64_MAX;
+        int64_t next_tick = clock_mono_ms(), claim_after = 0, store_due = INT64_MAX;
         bool want_claim = true;
 
         for (;;) {
-                int64_t now = mono_ms(), wall = wall_ms(), timeout;
+                int64_t now = clock_mono_ms(), wall = clock_wall_ms(), timeout;
                 bool stopping = atomic_load(&d->stopping);
                 int running = 0, r;
 
@@ -862,7 +845,7 @@ static void *deliver_main(void *arg)
                 if (collect_finished(d, &claim_after) > 0)
                         want_claim = true;
 
-                now = mono_ms();
+                now = clock_mono_ms();
                 if (stopping &&
                     (d->n_free == d->n_slots || now >= atomic_load(&d->stop_deadline_mono_ms)))
                         break;
@@ -871,7 +854,7 @@ static void *deliver_main(void *arg)
                 if (stopping)
                         timeout = min64(timeout, atomic_load(&d->stop_deadline_mono_ms) - now);
                 else if (d->n_free > 0) {
-                        int64_t wall_now = wall_ms();
+                        int64_t wall_now = clock_wall_ms();
 
                         if (want_claim)
                                 timeout = min64(timeout, claim_after - now);
@@ -965,7 +948,7 @@ int deliver_start(const struct config *cfg, struct store *store, struct metrics 
          * currently added (which drops to nothing when the outbox runs dry). */
         curl_multi_setopt(d->multi, CURLMOPT_MAXCONNECTS, (long)(slots + cfg->n_hooks));
 
-        atomic_store(&d->last_progress_ms, mono_ms());
+        atomic_store(&d->last_progress_ms, clock_mono_ms());
         r = pthread_create(&d->thread, NULL, deliver_main, d);
         if (r != 0) {
                 ch_error_set(err, "starting the delivery thread failed: %s", strerror(r));
@@ -1021,7 +1004,7 @@ struct deliver *deliver_stop(struct deliver *d, int64_t grace_ms)
 {
         if (!d)
                 return NULL;
-        atomic_store(&d->stop_deadline_mono_ms, mono_ms() + (grace_ms > 0 ? grace_ms : 0));
+        atomic_store(&d->stop_deadline_mono_ms, clock_mono_ms() + (grace_ms > 0 ? grace_ms : 0));
         atomic_store(&d->stopping, true);
         curl_multi_wakeup(d->multi);
         pthread_join(d->thread, NULL);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ctxhookd/clock.h"
 #include "ctxhookd/api.h"
 #include "ctxhookd/consumer.h"
 #include "ctxhookd/deliver.h"
@@ -49,20 +50,9 @@ struct sweeper {
         _Atomic int64_t busy_since_ms; /* CLOCK_MONOTONIC; 0 while waiting (watchdog) */
 };
 
-static int64_t mono_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 long long service_now_ms(void)
 {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        return clock_wall_ms();
 }
 
 static void *sweeper_main(void *arg)
@@ -83,7 +73,7 @@ static void *sweeper_main(void *arg)
                 if (sw->stop)
                         break;
                 pthread_mutex_unlock(&sw->lock);
-                atomic_store(&sw->busy_since_ms, mono_ms());
+                atomic_store(&sw->busy_since_ms, clock_mono_ms());
                 r = store_sweep(sw->store, service_now_ms(), &deleted);
                 if (r < 0)
                         log_warning("sweeper: deleting expired data failed: %s", strerror(-r));
@@ -262,16 +252,16 @@ static int service_start(struct service *sv, const struct config *cfg)
  * a restart), then the store closes. */
 static void service_stop(struct service *sv)
 {
-        int64_t t0 = mono_ms(), t_api, t_consumer, t_deliver;
+        int64_t t0 = clock_mono_ms(), t_api, t_consumer, t_deliver;
 
         if (sv->sweeper_running)
                 sweeper_stop(&sv->sweeper);
         sv->api = api_stop(sv->api);
-        t_api = mono_ms();
+        t_api = clock_mono_ms();
         sv->consumer = consumer_stop(sv->consumer);
-        t_consumer = mono_ms();
+        t_consumer = clock_mono_ms();
         sv->deliver = deliver_stop(sv->deliver, STOP_GRACE_MS);
-        t_deliver = mono_ms();
+        t_deliver = clock_mono_ms();
         /* Where a slow stop spent its time, against TimeoutStopSec. */
         log_info("stop: HTTP closed after %" PRId64 " ms, Kafka consumer closed (offsets "
                  "committed) after %" PRId64 " ms, deliveries in flight settled after %" PRId64
@@ -412,7 +402,7 @@ static void watchdog_tick(struct service *sv)
 {
         struct notify_part parts[4];
         size_t n = 0;
-        int64_t now = mono_ms(), limit = STALL_LOG_MS;
+        int64_t now = clock_mono_ms(), limit = STALL_LOG_MS;
         int stalled;
 
         if (sv->watchdog_ms)

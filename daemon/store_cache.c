@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ctxhookd/clock.h"
 #include "store_cache.h"
 
 struct slot {
@@ -24,14 +25,6 @@ struct store_cache {
         size_t mask;
         struct slot slots[];
 };
-
-static int64_t mono_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* FNV-1a, 64 bit. */
 static uint64_t hash_bytes(const char *p, size_t n)
@@ -101,7 +94,7 @@ int store_cache_get(struct store_cache *c, uint64_t gen, int64_t now_ms, const c
         pthread_mutex_lock(&s->lock);
         if (!s->key || s->hash != h || s->gen != gen || s->key_len != key_len ||
             memcmp(s->key, key, key_len) != 0 ||
-            mono_ms() - s->loaded_mono_ms >= CACHE_MAX_AGE_MS ||
+            clock_ms(CLOCK_MONOTONIC_COARSE) - s->loaded_mono_ms >= CACHE_MAX_AGE_MS ||
             (s->expires_ms != 0 && now_ms >= s->expires_ms)) {
                 pthread_mutex_unlock(&s->lock);
                 return -ENOENT;
@@ -142,7 +135,7 @@ void store_cache_put(struct store_cache *c, uint64_t gen, int64_t expires_ms, co
         s->key = block;
         s->hash = h;
         s->gen = gen;
-        s->loaded_mono_ms = mono_ms();
+        s->loaded_mono_ms = clock_ms(CLOCK_MONOTONIC_COARSE);
         s->expires_ms = expires_ms;
         s->key_len = key_len;
         s->value_len = len;

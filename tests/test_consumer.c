@@ -24,6 +24,7 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
+#include "ctxhookd/clock.h"
 #include "ctxhookd/buf.h"
 #include "ctxhookd/config.h"
 #include "ctxhookd/consumer.h"
@@ -50,14 +51,6 @@ static struct store *st;
 static struct metrics *metrics;
 static struct pipeline *pl;
 static struct consumer *cons;
-
-static int64_t now_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(long ms)
 {
@@ -232,18 +225,18 @@ static int64_t depth(void)
 /* Waits until the outbox holds exactly n deliveries. */
 static void wait_depth(int64_t n)
 {
-        int64_t until = now_ms() + WAIT_MS;
+        int64_t until = clock_wall_ms() + WAIT_MS;
 
-        while (depth() != n && now_ms() < until)
+        while (depth() != n && clock_wall_ms() < until)
                 sleep_ms(20);
         cr_assert_eq(depth(), n, "outbox depth %" PRId64 ", expected %" PRId64, depth(), n);
 }
 
 static void wait_ready(void)
 {
-        int64_t until = now_ms() + WAIT_MS;
+        int64_t until = clock_wall_ms() + WAIT_MS;
 
-        while (!consumer_ready(cons) && now_ms() < until)
+        while (!consumer_ready(cons) && clock_wall_ms() < until)
                 sleep_ms(20);
         cr_assert(consumer_ready(cons), "no partitions assigned after %d ms", WAIT_MS);
 }
@@ -270,14 +263,14 @@ static int drain(int n, int n_conv)
 {
         int next[64] = {0};
         int done = 0;
-        int64_t until = now_ms() + 20000;
+        int64_t until = clock_wall_ms() + 20000;
 
         cr_assert_leq(n_conv, 64);
-        while (done < n && now_ms() < until) {
+        while (done < n && clock_wall_ms() < until) {
                 struct store_delivery *d = NULL;
                 size_t got = 0;
 
-                cr_assert_eq(store_outbox_claim(st, now_ms(), 60000, 100, &d, &got), 0);
+                cr_assert_eq(store_outbox_claim(st, clock_wall_ms(), 60000, 100, &d, &got), 0);
                 for (size_t i = 0; i < got; i++) {
                         int conv = -1, seq = body_seq(&d[i]);
 
@@ -286,7 +279,7 @@ static int drain(int n, int n_conv)
                         cr_assert_eq(seq, next[conv], "%s: event %d delivered before event %d",
                                      d[i].conversation, seq, next[conv]);
                         next[conv]++;
-                        cr_assert_eq(store_outbox_done(st, d[i].id, now_ms()), 0);
+                        cr_assert_eq(store_outbox_done(st, d[i].id, clock_wall_ms()), 0);
                         done++;
                 }
                 store_deliveries_free(d, got);
@@ -439,8 +432,8 @@ Test(consumer, store_failure_retries_the_same_message_and_commits_nothing_meanwh
 
         /* The consumer keeps failing on the first message: nothing recorded, nothing
          * committed, and the lag shows the waiting messages. */
-        until = now_ms() + 8000;
-        while (lag < 4 && now_ms() < until) {
+        until = clock_wall_ms() + 8000;
+        while (lag < 4 && clock_wall_ms() < until) {
                 sleep_ms(100);
                 lag = gauge("ctxhookd_kafka_lag");
         }
@@ -459,8 +452,8 @@ Test(consumer, store_failure_retries_the_same_message_and_commits_nothing_meanwh
         sqlite3_close(db);
         wait_depth(5);
         cr_assert_eq(drain(5, 1), 5);
-        until = now_ms() + 5000;
-        while (gauge("ctxhookd_kafka_lag") != 0 && now_ms() < until)
+        until = clock_wall_ms() + 5000;
+        while (gauge("ctxhookd_kafka_lag") != 0 && clock_wall_ms() < until)
                 sleep_ms(100);
         cr_assert_eq(gauge("ctxhookd_kafka_lag"), 0);
         cons = consumer_stop(cons);
@@ -579,9 +572,9 @@ Test(consumer, back_pressure_pauses_and_resumes)
         /* Above outbox_max the consumer pauses (it looks every 200 ms, so it may have
          * recorded all ten first, or fewer). */
         {
-                int64_t until = now_ms() + WAIT_MS;
+                int64_t until = clock_wall_ms() + WAIT_MS;
 
-                while (depth() <= max && now_ms() < until)
+                while (depth() <= max && clock_wall_ms() < until)
                         sleep_ms(20);
         }
         sleep_ms(600);
@@ -659,8 +652,8 @@ Test(consumer, embedded_broker_consumes_what_is_produced_there)
 /* Waits until cond holds, polling every 20 ms, at most WAIT_MS. */
 #define WAIT_FOR(cond)                                                                             \
         do {                                                                                       \
-                int64_t until_ = now_ms() + WAIT_MS;                                               \
-                while (!(cond) && now_ms() < until_)                                               \
+                int64_t until_ = clock_wall_ms() + WAIT_MS;                                        \
+                while (!(cond) && clock_wall_ms() < until_)                                        \
                         sleep_ms(20);                                                              \
                 cr_assert((cond), "timed out waiting for %s", #cond);                              \
         } while (0)

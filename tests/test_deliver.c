@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ctxhookd/clock.h"
 #include "ctxhookd/buf.h"
 #include "ctxhookd/config.h"
 #include "ctxhookd/deliver.h"
@@ -97,22 +98,6 @@ static struct {
         unsigned connections;  /* TCP connections accepted */
         unsigned active, peak; /* requests being answered now, and the most at once */
 } sink = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
-
-static int64_t mono_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void copy_header(struct MHD_Connection *c, const char *name, char *out, size_t size,
                         bool *ret_present)
@@ -195,7 +180,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                 memcpy(rq->body, up->data, up->len);
         rq->body[up->len] = '\0';
         rq->body_len = up->len;
-        rq->at_ms = mono_ms();
+        rq->at_ms = clock_mono_ms();
         a = next_answer(rq->webhook_id);
         rq->status = a.status;
         sink.n++;
@@ -467,7 +452,7 @@ static void enqueue_clear(const char *hook, const char *conv, const char *id, co
                                   .body = body,
                                   .body_len = strlen(body),
                                   .clear_namespaces = clear};
-        int rc = store_outbox_enqueue(fx.store, NULL, &e, 1, wall_ms());
+        int rc = store_outbox_enqueue(fx.store, NULL, &e, 1, clock_wall_ms());
 
         cr_assert_eq(rc, 0, "enqueue %s: %d", id, rc);
 }
@@ -496,9 +481,9 @@ static int64_t dead_count(void)
 /* Polls cond every 5 ms for up to timeout_ms; evaluates to whether it became true. */
 #define WAIT_UNTIL(cond, timeout_ms)                                                               \
         __extension__({                                                                            \
-                int64_t until_ = mono_ms() + (timeout_ms);                                         \
+                int64_t until_ = clock_mono_ms() + (timeout_ms);                                   \
                 bool ok_;                                                                          \
-                while (!(ok_ = (cond)) && mono_ms() < until_)                                      \
+                while (!(ok_ = (cond)) && clock_mono_ms() < until_)                                \
                         usleep(5000);                                                              \
                 ok_;                                                                               \
         })
@@ -741,8 +726,8 @@ Test(deliver, posts_the_exact_body_signed_with_bearer_only_when_configured)
                 cr_assert_str_eq(rq->content_type, "application/json");
                 cr_assert_str_eq(rq->user_agent, "ctxhookd/" CTXHOOKD_VERSION);
                 ts = atoll(rq->timestamp);
-                cr_assert(ts > wall_ms() / 1000 - 60 && ts <= wall_ms() / 1000, "timestamp %s",
-                          rq->timestamp);
+                cr_assert(ts > clock_wall_ms() / 1000 - 60 && ts <= clock_wall_ms() / 1000,
+                          "timestamp %s", rq->timestamp);
                 cr_assert_eq(sign_verify(&key, id, ts, rq->body, rq->body_len, rq->signature), 1,
                              "signature %s does not verify", rq->signature);
                 expected_signature(id, rq->timestamp, body, strlen(body), expect);
@@ -1009,7 +994,7 @@ Test(deliver, one_conversation_waits_for_its_failing_delivery_others_flow)
 Test(deliver, clear_after_deletes_the_notes_once_delivered)
 {
         json_t *notes, *props = NULL;
-        int64_t now = wall_ms();
+        int64_t now = clock_wall_ms();
 
         add_hook("ok", "/ok", NULL);
         add_hook("bad", "/bad", NULL);
@@ -1028,7 +1013,7 @@ Test(deliver, clear_after_deletes_the_notes_once_delivered)
         start();
         cr_assert(WAIT_UNTIL(depth() == 0 && dead_count() == 1, 5000), "not finished");
 
-        now = wall_ms();
+        now = clock_wall_ms();
         cr_assert_eq(
             store_props_get(fx.store, ACC, "agentNotes", "conv-x", NULL, now, &props, NULL), 0);
         cr_assert_eq(json_object_size(props), 0, "delivered, but the notes are still there");
@@ -1068,7 +1053,7 @@ Test(deliver, wake_sends_at_once_instead_of_at_the_next_tick)
         add_hook("h", "/wake", NULL);
         start();
         usleep(50 * 1000);
-        t0 = mono_ms();
+        t0 = clock_mono_ms();
         /* One after the other: without the wake-up each would wait for the 1 s tick. */
         for (int i = 0; i < 5; i++) {
                 char id[16];
@@ -1078,12 +1063,12 @@ Test(deliver, wake_sends_at_once_instead_of_at_the_next_tick)
                 deliver_wake(fx.deliver);
                 cr_assert(WAIT_UNTIL(sink_count(id) == 1, 3000), "%s not delivered", id);
         }
-        cr_assert_lt(mono_ms() - t0, 2500, "5 woken deliveries took %lld ms",
-                     (long long)(mono_ms() - t0));
+        cr_assert_lt(clock_mono_ms() - t0, 2500, "5 woken deliveries took %lld ms",
+                     (long long)(clock_mono_ms() - t0));
         cr_assert_eq(sink_read(&sink.connections), 1, "keep-alive: %u connections for 5 calls",
                      sink_read(&sink.connections));
         progress = deliver_last_progress_ms(fx.deliver);
-        cr_assert(progress > mono_ms() - 2000 && progress <= mono_ms(), "progress %lld",
+        cr_assert(progress > clock_mono_ms() - 2000 && progress <= clock_mono_ms(), "progress %lld",
                   (long long)progress);
 }
 
@@ -1100,15 +1085,15 @@ Test(deliver, stop_abandons_a_call_after_the_grace_and_it_is_claimable_again)
         start();
         cr_assert(WAIT_UNTIL(sink_count("msg_stuck") == 1, 5000), "not sent");
 
-        t0 = mono_ms();
+        t0 = clock_mono_ms();
         fx.deliver = deliver_stop(fx.deliver, 300);
-        took = mono_ms() - t0;
+        took = clock_mono_ms() - t0;
         cr_assert_geq(took, 290, "did not wait for the grace period (%lld ms)", (long long)took);
         cr_assert_lt(took, 300 + 1000, "stop took %lld ms", (long long)took);
 
         cr_assert_eq(depth(), 1, "the abandoned delivery is gone");
         cr_assert_eq(dead_count(), 0);
-        cr_assert_eq(store_outbox_claim(fx.store, wall_ms(), 60000, 10, &got, &n), 0);
+        cr_assert_eq(store_outbox_claim(fx.store, clock_wall_ms(), 60000, 10, &got, &n), 0);
         cr_assert_eq(n, 1, "the abandoned delivery cannot be claimed again");
         cr_assert_str_eq(got[0].webhook_id, "msg_stuck");
         cr_assert_eq(got[0].attempts, 0, "an abandoned call counted as an attempt");
@@ -1125,18 +1110,18 @@ Test(deliver, stop_lets_a_call_in_flight_finish_within_the_grace)
         start();
         cr_assert(WAIT_UNTIL(sink_count("msg_fin") == 1, 5000), "not sent");
 
-        t0 = mono_ms();
+        t0 = clock_mono_ms();
         fx.deliver = deliver_stop(fx.deliver, 10000);
-        took = mono_ms() - t0;
+        took = clock_mono_ms() - t0;
         cr_assert_lt(took, 5000, "stop waited for the whole grace (%lld ms)", (long long)took);
         cr_assert_eq(depth(), 0, "the answered call was not recorded as delivered");
         cr_assert_eq(sink_count("msg_fin"), 1);
 
         /* Nothing in flight: stop returns at once whatever the grace. */
         start();
-        t0 = mono_ms();
+        t0 = clock_mono_ms();
         fx.deliver = deliver_stop(fx.deliver, 10000);
-        cr_assert_lt(mono_ms() - t0, 1000);
+        cr_assert_lt(clock_mono_ms() - t0, 1000);
 }
 
 Test(deliver, keeps_going_through_store_failures)

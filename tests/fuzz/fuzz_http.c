@@ -32,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ctxhookd/clock.h"
 #include "ctxhookd/api.h"
 #include "ctxhookd/apikey.h"
 #include "ctxhookd/buf.h"
@@ -116,22 +117,6 @@ struct response {
         size_t raw_len;
 };
 
-static int64_t mono_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- the server under test ---- */
 
 static void set_key(const char *account, const char *key)
@@ -140,7 +125,7 @@ static void set_key(const char *account, const char *key)
         int r;
 
         apikey_hash(key, strlen(key), hash);
-        r = store_key_set(fx.store, account, hash, wall_ms());
+        r = store_key_set(fx.store, account, hash, clock_wall_ms());
         FUZZ_CHECK(r == 0, "store_key_set: %d", r);
 }
 
@@ -158,7 +143,7 @@ static void seed_dead_letters(void)
                                            .body = "{}",
                                            .body_len = 2};
         struct store_delivery *d = NULL;
-        int64_t now = wall_ms();
+        int64_t now = clock_wall_ms();
         size_t n = 0;
         int r;
 
@@ -876,7 +861,7 @@ static void check_read_back(const struct request *rq, const struct route *rt, in
                 ok = json_is_object(got) && json_object_size(got) == 0;
         }
         /* A TTL of at least 1 s may legitimately have removed what was written meanwhile. */
-        if (!ok && mono_ms() - started_ms < TTL_MIN_MS)
+        if (!ok && clock_mono_ms() - started_ms < TTL_MIN_MS)
                 FUZZ_FAIL("%s %s answered 204, but GET reads back %u %.*s", what, path.data,
                           rs.status, (int)rs.body_len, rs.body);
         json_decref(sent);
@@ -920,7 +905,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* The server. */
         buf_init(&req, 1u << 20);
         build_request(&rq, target, target_len, &req);
-        started = mono_ms();
+        started = clock_mono_ms();
         exchange(req.data, req.len, &rs);
         if (fx.verbose)
                 fprintf(stderr, "%.*s -> %.*s\n", (int)strcspn(req.data, "\r"), req.data,
