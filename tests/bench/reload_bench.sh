@@ -118,19 +118,31 @@ rps() {
 bad() {
         awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$tmp/$1.wrk"
 }
-run_wrk quiet || die "wrk failed: $(cat "$tmp/quiet.wrk")"
-during_before=$(applied_reloads)
-(while :; do
-        kill -HUP "$daemon_pid" 2>/dev/null || exit 0
-        sleep 0.1
-done) &
-hup_pid=$!
-run_wrk reloading || die "wrk failed: $(cat "$tmp/reloading.wrk")"
-kill -TERM "$hup_pid" 2>/dev/null
-wait "$hup_pid" 2>/dev/null
-hup_pid=
-sleep 0.3
-during=$(($(applied_reloads) - during_before))
+# Alternating rounds, best of each: single wrk runs on 2 shared cores scatter by ±15%.
+during=0
+for round in 1 2; do
+        run_wrk "quiet$round" || die "wrk failed: $(cat "$tmp/quiet$round.wrk")"
+        during_before=$(applied_reloads)
+        (while :; do
+                kill -HUP "$daemon_pid" 2>/dev/null || exit 0
+                sleep 0.1
+        done) &
+        hup_pid=$!
+        run_wrk "reloading$round" || die "wrk failed: $(cat "$tmp/reloading$round.wrk")"
+        kill -TERM "$hup_pid" 2>/dev/null
+        wait "$hup_pid" 2>/dev/null
+        hup_pid=
+        sleep 0.3
+        during=$((during + $(applied_reloads) - during_before))
+done
+best() {
+        local a b
+        a=$(rps "${1}1")
+        b=$(rps "${1}2")
+        if [ "${a:-0}" -ge "${b:-0}" ]; then echo "${1}1"; else echo "${1}2"; fi
+}
+quiet=$(best quiet)
+reloading=$(best reloading)
 kill -0 "$daemon_pid" 2>/dev/null || die "the daemon died under reloads"
 
 echo "reload_bench: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $hooks hooks"
@@ -138,8 +150,8 @@ printf '%s\n' "${times[@]}" | sort -n | awk -v n="$reloads" '
         { t[NR] = $1 }
         END { printf "  one reload (SIGHUP → counted in /metrics), %d in a row: median %.1f ms, p90 %.1f ms, max %.1f ms\n",
                 n, t[int((NR + 1) / 2)] / 1000, t[int(NR * 0.9 + 0.5)] / 1000, t[NR] / 1000 }'
-printf '  GET one property, wrk -t1 -c64 -d%ss: %s req/s without reloads (non-2xx + socket errors %s)\n' \
-        "$duration" "$(rps quiet)" "$(bad quiet)"
-printf '  the same while reloading every 100 ms (%d reloads applied): %s req/s (non-2xx + socket errors %s)\n' \
-        "$during" "$(rps reloading)" "$(bad reloading)"
-awk -v a="$(rps reloading)" -v b="$(rps quiet)" 'BEGIN { if (b > 0) printf "  ratio with/without reloads: %.1f%%\n", 100 * a / b }'
+printf '  GET one property, wrk -t1 -c64 -d%ss, best of 2 alternating rounds: %s req/s without reloads (rounds %s, %s; non-2xx + socket errors %s)\n' \
+        "$duration" "$(rps "$quiet")" "$(rps quiet1)" "$(rps quiet2)" "$(($(bad quiet1) + $(bad quiet2)))"
+printf '  the same while reloading every 100 ms (%d reloads applied): %s req/s (rounds %s, %s; non-2xx + socket errors %s)\n' \
+        "$during" "$(rps "$reloading")" "$(rps reloading1)" "$(rps reloading2)" "$(($(bad reloading1) + $(bad reloading2)))"
+awk -v a="$(rps "$reloading")" -v b="$(rps "$quiet")" 'BEGIN { if (b > 0) printf "  ratio with/without reloads (best vs best): %.1f%%\n", 100 * a / b }'
