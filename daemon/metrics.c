@@ -201,6 +201,18 @@ static int render_histogram(struct buf *out, const char *name, const char *help,
                           name, (unsigned long long)cumulative);
 }
 
+/* A counter family with one series per outcome: name{result="…"}. */
+static int render_by_result(struct buf *out, const char *name, const char *help,
+                            const char *const *results, atomic_uint_fast64_t *values, size_t n)
+{
+        int r = buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+
+        for (size_t i = 0; r == 0 && i < n; i++)
+                r = buf_printf(out, "%s{result=\"%s\"} %llu\n", name, results[i],
+                               (unsigned long long)load(&values[i]));
+        return r;
+}
+
 /* Prometheus label values escape backslash, double quote and newline. */
 static int append_label_value(struct buf *out, const char *v)
 {
@@ -244,12 +256,10 @@ int metrics_render(struct metrics *m, struct buf *out)
                                      "Time from the first byte of a request to its response.",
                                      &m->http_duration);
         if (r == 0)
-                r = buf_append_str(out, "# HELP ctxhookd_events_total Conversation events by "
-                                        "outcome (dead: messages that became dead letters).\n"
-                                        "# TYPE ctxhookd_events_total counter\n");
-        for (size_t i = 0; r == 0 && i < METRICS_EVENT__COUNT; i++)
-                r = buf_printf(out, "ctxhookd_events_total{result=\"%s\"} %llu\n", event_results[i],
-                               (unsigned long long)load(&m->events[i]));
+                r = render_by_result(out, "ctxhookd_events_total",
+                                     "Conversation events by outcome (dead: messages that became "
+                                     "dead letters).",
+                                     event_results, m->events, METRICS_EVENT__COUNT);
         if (r == 0)
                 r = buf_append_str(out, "# HELP ctxhookd_deliveries_total Webhook delivery "
                                         "attempts by hook and outcome.\n"
@@ -270,12 +280,9 @@ int metrics_render(struct metrics *m, struct buf *out)
                                      "Time of one webhook delivery attempt.",
                                      &m->delivery_duration);
         if (r == 0)
-                r = buf_append_str(out, "# HELP ctxhookd_config_reloads_total Configuration "
-                                        "reloads (SIGHUP) by outcome.\n"
-                                        "# TYPE ctxhookd_config_reloads_total counter\n");
-        for (size_t i = 0; r == 0 && i < METRICS_RELOAD__COUNT; i++)
-                r = buf_printf(out, "ctxhookd_config_reloads_total{result=\"%s\"} %llu\n",
-                               reload_results[i], (unsigned long long)load(&m->reloads[i]));
+                r = render_by_result(out, "ctxhookd_config_reloads_total",
+                                     "Configuration reloads (SIGHUP) by outcome.", reload_results,
+                                     m->reloads, METRICS_RELOAD__COUNT);
         for (size_t g = 0; r == 0 && g < METRICS_GAUGE__COUNT; g++)
                 r = buf_printf(
                     out, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", gauge_names[g], gauge_help[g],
