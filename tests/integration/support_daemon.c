@@ -445,22 +445,29 @@ int it_daemon_spawn(struct it_daemon *d, const char *const *env, const char *con
         return 0;
 }
 
-static int reap(struct it_daemon *d, int options)
+/* Reaps pid into *exited and *status (a daemon's or a peer's); 1 once it has exited (or never ran),
+ * 0 while it runs (WNOHANG). */
+static int reap_pid(pid_t pid, int *exited, int *status, int options)
 {
-        int status;
+        int st;
         pid_t p;
 
-        if (d->pid <= 0 || d->exited)
+        if (pid <= 0 || *exited)
                 return 1;
         do
-                p = waitpid(d->pid, &status, options);
+                p = waitpid(pid, &st, options);
         while (p < 0 && errno == EINTR);
-        if (p == d->pid) {
-                d->exited = 1;
-                d->status = status;
+        if (p == pid) {
+                *exited = 1;
+                *status = st;
                 return 1;
         }
         return 0;
+}
+
+static int reap(struct it_daemon *d, int options)
+{
+        return reap_pid(d->pid, &d->exited, &d->status, options);
 }
 
 static void print_log(const struct it_daemon *d, const char *why)
@@ -1117,20 +1124,7 @@ char *it_read_all(int fd, int timeout_ms, size_t *ret_len)
 
 static int peer_reap(struct it_peer *p, int options)
 {
-        int status;
-        pid_t r;
-
-        if (p->pid <= 0 || p->exited)
-                return 1;
-        do
-                r = waitpid(p->pid, &status, options);
-        while (r < 0 && errno == EINTR);
-        if (r == p->pid) {
-                p->exited = 1;
-                p->status = status;
-                return 1;
-        }
-        return 0;
+        return reap_pid(p->pid, &p->exited, &p->status, options);
 }
 
 char *it_peer_log(const struct it_peer *p)
