@@ -32,6 +32,7 @@
 #include "ctxhookd/pipeline.h"
 #include "ctxhookd/route.h"
 #include "ctxhookd/store.h"
+#include "test_util.h"
 
 #define ACCT            "acct"
 #define OTHER           "other"
@@ -115,14 +116,6 @@ static void setup(void)
         start_api(MAX_BODY);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-        (void)st;
-        (void)flag;
-        (void)ftw;
-        return remove(path);
-}
-
 static void teardown(void)
 {
         fx.api = api_stop(fx.api);
@@ -132,7 +125,7 @@ static void teardown(void)
         for (size_t i = 0; i < fx.n_allocs; i++)
                 free(fx.allocs[i]);
         if (fx.dir[0])
-                nftw(fx.dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+                test_rmtree(fx.dir);
         curl_global_cleanup();
 }
 

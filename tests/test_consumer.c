@@ -32,6 +32,7 @@
 #include "ctxhookd/metrics.h"
 #include "ctxhookd/pipeline.h"
 #include "ctxhookd/store.h"
+#include "test_util.h"
 
 #define PARTS   4
 #define ACC     "12345678"
@@ -110,14 +111,6 @@ static void setup(void)
         cr_assert_not_null(metrics);
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-        (void)sb;
-        (void)flag;
-        (void)ftw;
-        return remove(p);
-}
-
 static void teardown(void)
 {
         cons = consumer_stop(cons);
@@ -131,7 +124,7 @@ static void teardown(void)
                 rd_kafka_mock_cluster_destroy(mock);
         if (mock_rk)
                 rd_kafka_destroy(mock_rk);
-        nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+        test_rmtree(dir);
 }
 
 TestSuite(consumer, .init = setup, .fini = teardown, .timeout = 60);

@@ -37,6 +37,7 @@
 #include "ctxhookd/metrics.h"
 #include "ctxhookd/sign.h"
 #include "ctxhookd/store.h"
+#include "test_util.h"
 
 #define ACC    "12345678"
 #define SECRET "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -386,21 +387,13 @@ static void setup(void)
         fx.cfg.delivery.outbox_max = 100000;
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-        (void)sb;
-        (void)flag;
-        (void)ftw;
-        return remove(p);
-}
-
 static void teardown(void)
 {
         fx.deliver = deliver_stop(fx.deliver, 0);
         sink_stop();
         fx.store = store_close(fx.store);
         fx.metrics = metrics_free(fx.metrics);
-        nftw(fx.dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+        test_rmtree(fx.dir);
 }
 
 TestSuite(deliver, .init = setup, .fini = teardown, .timeout = 30);

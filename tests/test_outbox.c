@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "ctxhookd/store.h"
+#include "test_util.h"
 #include "store_backend.h"
 
 #define T0  INT64_C(1800000000000) /* 2027-01-15T08:00:00.000Z */
@@ -46,18 +47,10 @@ static void setup(void)
         st = open_at(path, 4);
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-        (void)sb;
-        (void)flag;
-        (void)ftw;
-        return remove(p);
-}
-
 static void teardown(void)
 {
         st = store_close(st);
-        nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+        test_rmtree(dir);
 }
 
 /* Queues one delivery whose webhook id and body name it: body = {"w":"<webhook_id>"}. */

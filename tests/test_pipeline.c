@@ -13,6 +13,7 @@
 
 #include "ctxhookd/event.h"
 #include "ctxhookd/pipeline.h"
+#include "test_util.h"
 
 #define NOW INT64_C(1800000000000)
 #define ACC "12345678"
@@ -97,14 +98,6 @@ static void setup(void)
         load_samples();
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-        (void)sb;
-        (void)flag;
-        (void)ftw;
-        return remove(p);
-}
-
 static void teardown(void)
 {
         pl = pipeline_free(pl);
@@ -114,7 +107,7 @@ static void teardown(void)
         }
         st = store_close(st);
         metrics = metrics_free(metrics);
-        nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+        test_rmtree(dir);
 }
 
 TestSuite(pipeline, .init = setup, .fini = teardown);

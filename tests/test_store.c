@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "ctxhookd/store.h"
+#include "test_util.h"
 #include "store_backend.h"
 
 #define T0  INT64_C(1800000000000) /* 2027-01-15T08:00:00.000Z */
@@ -49,18 +50,10 @@ static void setup(void)
         st = open_at(path, 4, 5000);
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-        (void)sb;
-        (void)flag;
-        (void)ftw;
-        return remove(p);
-}
-
 static void teardown(void)
 {
         st = store_close(st);
-        nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+        test_rmtree(dir);
 }
 
 /* Parses JSON text (any value, NULs allowed) or fails the test. */

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "ctxhookd/store.h"
+#include "test_util.h"
 #include "store_cache.h"
 
 #define T0 INT64_C(1800000000000)
@@ -147,17 +148,9 @@ static void setup(void)
         snprintf(path, sizeof(path), "%s/context.db", dir);
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-        (void)sb;
-        (void)flag;
-        (void)ftw;
-        return remove(p);
-}
-
 static void teardown(void)
 {
-        nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+        test_rmtree(dir);
 }
 
 TestSuite(cached_store, .init = setup, .fini = teardown);
