@@ -184,7 +184,6 @@ static int service_start(struct service *sv, const struct config *cfg)
             .cache_entries = (unsigned)cfg->store.cache_entries,
         };
         struct ch_error err = {{0}};
-        const char *hook_names[CONFIG_HOOKS_MAX];
         int r;
 
         sv->cfg = cfg;
@@ -196,11 +195,7 @@ static int service_start(struct service *sv, const struct config *cfg)
         sv->metrics = metrics_new();
         if (!sv->metrics)
                 return -ENOMEM;
-        for (size_t i = 0; i < cfg->n_hooks; i++)
-                hook_names[i] = cfg->hooks[i].name;
-        r = metrics_set_hooks(sv->metrics, hook_names, cfg->n_hooks);
-        if (r < 0)
-                return r;
+        /* The hooks' names reach the metrics through deliver_start, as on every reload. */
         r = pipeline_new(sv->store, sv->metrics, cfg, &sv->pipeline);
         if (r < 0)
                 return r;
