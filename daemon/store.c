@@ -22,7 +22,10 @@
 /* The backends this build knows; the first is the default. A new backend is one more line. */
 static const struct store_ops *const backends[] = {
     &store_sqlite_ops,
+    &store_pg_ops,
 };
+
+const char *const store_backend_names[] = {"sqlite", "postgresql", NULL};
 
 /* A name the store can hold: present, at most max bytes, valid UTF-8. */
 static int check_name(const char *name, size_t max)
@@ -165,24 +168,101 @@ void store_format_time(int64_t ms, char out[32])
         snprintf(out + len, 32 - len, ".%03uZ", (unsigned)milli % 1000);
 }
 
-int store_open(const struct store_options *opts, struct store **ret, struct ch_error *err)
+static const struct store_ops *backend_find(const char *name)
 {
-        const struct store_ops *ops = backends[0];
-        _cleanup_free_ struct store *s = NULL;
-        int rc;
+        if (!name)
+                return backends[0];
+        for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
+                if (strcmp(backends[i]->name, name) == 0)
+                        return backends[i];
+        return NULL;
+}
 
-        if (!opts || !ret || !opts->path || !*opts->path) {
+void store_describe(const struct store_options *opts, char *out, size_t size)
+{
+        const struct store_ops *ops = backend_find(opts->backend);
+        char url[1024];
+
+        if (ops == &store_pg_ops) {
+                store_url_redact(opts->url ? opts->url : "", url, sizeof(url));
+                snprintf(out, size, "postgresql %s", url);
+        } else {
+                snprintf(out, size, "%s %s", opts->backend ? opts->backend : "sqlite",
+                         opts->path ? opts->path : "(no path)");
+        }
+}
+
+/* Checks opts as every entry point does; *ret_ops gets the backend. */
+static int check_options(const struct store_options *opts, const struct store_ops **ret_ops,
+                         struct ch_error *err)
+{
+        const struct store_ops *ops;
+        char what[1100];
+
+        if (!opts) {
+                ch_error_set(err, "store: no options given");
+                return -EINVAL;
+        }
+        ops = backend_find(opts->backend);
+        if (!ops) {
+                ch_error_set(err, "store: unknown backend \"%s\" (known: sqlite, postgresql)",
+                             opts->backend);
+                return -EINVAL;
+        }
+        if (ops == &store_sqlite_ops && (!opts->path || !*opts->path)) {
                 ch_error_set(err, "store: no database path given");
                 return -EINVAL;
         }
-        if (opts->pool_size < 1 || opts->pool_size > 1024 || opts->busy_timeout_ms < 0) {
-                ch_error_set(err, "store %s: pool_size must be 1..1024 and busy_timeout_ms >= 0",
-                             opts->path);
+        if (ops == &store_pg_ops && (!opts->url || !*opts->url)) {
+                ch_error_set(err, "store: no PostgreSQL connection URL given");
                 return -EINVAL;
         }
+        if (opts->pool_size < 1 || opts->pool_size > 1024 || opts->busy_timeout_ms < 0) {
+                store_describe(opts, what, sizeof(what));
+                ch_error_set(err, "store %s: pool_size must be 1..1024 and busy_timeout_ms >= 0",
+                             what);
+                return -EINVAL;
+        }
+        *ret_ops = ops;
+        return 0;
+}
+
+int store_probe(const struct store_options *opts, int *ret_version, struct ch_error *err)
+{
+        const struct store_ops *ops;
+        int rc;
+
+        if (!ret_version)
+                return -EINVAL;
+        rc = check_options(opts, &ops, err);
+        if (rc < 0)
+                return rc;
+        return ops->probe(opts, ret_version, err);
+}
+
+int store_schema_latest(const struct store_options *opts)
+{
+        const struct store_ops *ops = backend_find(opts ? opts->backend : NULL);
+
+        return ops ? ops->schema_latest : -EINVAL;
+}
+
+int store_open(const struct store_options *opts, struct store **ret, struct ch_error *err)
+{
+        const struct store_ops *ops;
+        _cleanup_free_ struct store *s = NULL;
+        char what[1100];
+        int rc;
+
+        if (!ret)
+                return -EINVAL;
+        rc = check_options(opts, &ops, err);
+        if (rc < 0)
+                return rc;
+        store_describe(opts, what, sizeof(what));
         s = calloc(1, sizeof(*s));
         if (!s) {
-                ch_error_set(err, "store %s: out of memory", opts->path);
+                ch_error_set(err, "store %s: out of memory", what);
                 return -ENOMEM;
         }
         s->ops = ops;
@@ -192,7 +272,7 @@ int store_open(const struct store_options *opts, struct store **ret, struct ch_e
                 if (!s->keys_cache || !s->props_cache) {
                         store_cache_free(s->keys_cache);
                         store_cache_free(s->props_cache);
-                        ch_error_set(err, "store %s: out of memory for the read cache", opts->path);
+                        ch_error_set(err, "store %s: out of memory for the read cache", what);
                         return -ENOMEM;
                 }
         }
@@ -230,7 +310,16 @@ int store_ping(struct store *s)
 {
         if (!s)
                 return -EINVAL;
-        return s->ops->ping(s->impl);
+        return s->ops->ping(s->impl, NULL, 0);
+}
+
+int store_health(struct store *s, char *why, size_t why_size)
+{
+        if (!s)
+                return -EINVAL;
+        if (why && why_size > 0)
+                why[0] = '\0';
+        return s->ops->ping(s->impl, why, why_size);
 }
 
 int store_schema_version(struct store *s, int *ret_version)

@@ -7,6 +7,7 @@
 #define CTXHOOKD_STORE_BACKEND_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ctxhookd/store.h"
@@ -24,7 +25,11 @@ struct store_ops {
         const char *name;
         int (*open)(const struct store_options *opts, void **ret_impl, struct ch_error *err);
         void (*close)(void *impl);
-        int (*ping)(void *impl);
+        /* store_probe(): opts already checked as store_open checks them. */
+        int (*probe)(const struct store_options *opts, int *ret_version, struct ch_error *err);
+        int schema_latest;
+        /* why (may be NULL) gets the reason of a failure. */
+        int (*ping)(void *impl, char *why, size_t why_size);
         int (*schema_version)(void *impl, int *ret_version);
 
         int (*key_set)(void *impl, const char *account,
@@ -111,6 +116,7 @@ struct store {
 };
 
 extern const struct store_ops store_sqlite_ops;
+extern const struct store_ops store_pg_ops;
 
 /* Whether a thing of TTL ttl_s (0 = forever) last written at updated_ms is still live at
  * now_ms. The one definition of liveness every backend applies. store.c refuses negative

@@ -948,12 +948,46 @@ static int sqlite_open(const struct store_options *opts, void **ret_impl, struct
         return 0;
 }
 
-static int sqlite_ping(void *impl)
+static int sqlite_probe(const struct store_options *opts, int *ret_version,
+                        struct ch_error *err)
+{
+        sqlite3 *db = NULL;
+        int rc, version = 0;
+
+        if (access(opts->path, F_OK) < 0 && errno == ENOENT) {
+                *ret_version = 0; /* store_open will create it */
+                return 0;
+        }
+        rc = sqlite3_open_v2(opts->path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK ? 0 : -EIO;
+        if (rc == 0)
+                rc = pragma_int(db, "PRAGMA user_version", &version);
+        if (rc < 0) {
+                ch_error_set(err, "cannot read store %s: %s", opts->path,
+                             db ? sqlite3_errmsg(db) : "out of memory");
+                sqlite3_close(db);
+                return -EIO;
+        }
+        sqlite3_close(db);
+        if (version > SCHEMA_VERSION) {
+                ch_error_set(err,
+                             "store %s: schema version %d is newer than this ctxhookd knows (%d)",
+                             opts->path, version, SCHEMA_VERSION);
+                return -EPROTO;
+        }
+        *ret_version = version;
+        return 0;
+}
+
+static int sqlite_ping(void *impl, char *why, size_t why_size)
 {
         _cleanup_conn_ struct conn *c = conn_get(impl);
         _cleanup_reset_ sqlite3_stmt *st = c->st[ST_USER_VERSION];
 
-        return step(st) > 0 ? 0 : -EIO;
+        if (step(st) > 0)
+                return 0;
+        if (why)
+                snprintf(why, why_size, "%s", sqlite3_errmsg(c->db));
+        return -EIO;
 }
 
 static int sqlite_schema_version(void *impl, int *ret_version)
@@ -2302,6 +2336,8 @@ const struct store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = sqlite_open,
     .close = sqlite_close,
+    .probe = sqlite_probe,
+    .schema_latest = SCHEMA_VERSION,
     .ping = sqlite_ping,
     .schema_version = sqlite_schema_version,
     .key_set = sqlite_key_set,

@@ -50,22 +50,57 @@
 struct store;
 
 struct store_options {
-        const char *path;       /* SQLite database file; created when missing */
-        int busy_timeout_ms;    /* how long a writer waits for the lock before -EIO */
+        const char *backend;    /* "sqlite" (also when NULL) or "postgresql" */
+        const char *path;       /* sqlite: the database file; created when missing */
+        const char *url;        /* postgresql: a libpq connection string, postgresql://… URI
+                                   or key=value pairs */
+        int busy_timeout_ms;    /* how long a writer waits for a lock before -EIO */
         unsigned pool_size;     /* connections kept open for concurrent callers (≥ 1) */
         unsigned cache_entries; /* read cache slots for key hashes and single properties;
-                                   0 = no cache (see daemon/store_cache.h) */
+                                   0 = no cache (see daemon/store_cache.h). The postgresql
+                                   backend never caches: other hosts write the same data. */
 };
+
+/* The backends this build has, NULL-terminated; the first is the default. */
+extern const char *const store_backend_names[];
+
+/* What a store with these options keeps its data in, for messages: "sqlite /path/to/db" or
+ * "postgresql postgresql://user:********@host/db" (the password never shown). */
+void store_describe(const struct store_options *opts, char *out, size_t size);
+
+/* Whether url is a connection string libpq accepts (a postgresql:// or postgres:// URI, or
+ * key=value pairs), judged without connecting: 0, or -EINVAL with libpq's reason in why. */
+int store_url_check(const char *url, char *why, size_t why_size);
+
+/* Copies url into out with its password, if any (URI user info, a password= query parameter
+ * or key=value pair), replaced by "********". */
+void store_url_redact(const char *url, char *out, size_t size);
 
 /* Opens (creating and migrating as needed) the store. On failure returns a negative code,
  * writes the reason (naming the path) into err and leaves *ret untouched. */
 int store_open(const struct store_options *opts, struct store **ret, struct ch_error *err);
+
+/* Connects to the store of opts without creating or migrating anything (for check-config)
+ * and gets the schema version it is at: 0 when nothing was created yet (a missing SQLite file,
+ * an empty PostgreSQL schema). On failure returns -EIO (cannot connect: err has the reason,
+ * naming the database with store_describe), -EPROTO (the schema is newer than this build
+ * knows; err says which versions) or -EINVAL. */
+int store_probe(const struct store_options *opts, int *ret_version, struct ch_error *err);
+
+/* The schema version this build migrates to, for the backend of opts. */
+int store_schema_latest(const struct store_options *opts);
 
 /* Closes the store, waiting for calls in progress. Accepts NULL; returns NULL. */
 struct store *store_close(struct store *s);
 
 /* Cheap liveness probe of the backend (for /readyz). 0 or -EIO. */
 int store_ping(struct store *s);
+
+/* store_ping with the reason of a failure in why (e.g. libpq's "connection to server at
+ * \"127.0.0.1\", port 5432 failed: Connection refused"), for /readyz and the log. A backend
+ * that lost its database answers -EIO at once while it is down rather than making every caller
+ * wait for a connection attempt, and reconnects by itself. */
+int store_health(struct store *s, char *why, size_t why_size);
 
 /* The schema version the store is at (for check-config and tests). */
 int store_schema_version(struct store *s, int *ret_version);
