@@ -564,6 +564,12 @@ static void conn_drop(struct conn *c)
         memset(c->prepared, 0, sizeof(c->prepared));
 }
 
+static void notice_ignore(void *arg, const char *message)
+{
+        (void)arg;
+        (void)message;
+}
+
 /* Opens a connection to url: libpq's keepalives and time-outs first, so a server that vanishes
  * without closing the connection is noticed in seconds, then the user's URL, whose own settings
  * win. *ret_pg is set even on failure (for PQerrorMessage); the caller finishes it. */
@@ -589,6 +595,8 @@ static PGconn *pg_connect(const char *url, int lock_timeout_ms, char *why, size_
                 snprintf(why, why_size, "out of memory");
                 return NULL;
         }
+        /* Notices ("relation … already exists, skipping") are not for the daemon's output. */
+        PQsetNoticeProcessor(pg, notice_ignore, NULL);
         if (PQstatus(pg) != CONNECTION_OK) {
                 snprintf(why, why_size, "%s", PQerrorMessage(pg));
                 PQfinish(pg);
@@ -688,6 +696,12 @@ static void conn_putp(struct conn **c)
 
 /* ---- Statements ---- */
 
+/* Rows a statement changed. */
+static int64_t changes(const PGresult *res)
+{
+        return strtoll(PQcmdTuples((PGresult *)res), NULL, 10);
+}
+
 /* Maps a failed result (or its absence) to a code, dropping a broken connection. */
 static int failure(struct conn *c, const PGresult *res)
 {
@@ -723,95 +737,130 @@ static int simple(struct conn *c, const char *sql)
         return 0;
 }
 
-/* Runs statement id with parameters typed by `types`: 't' NUL-terminated text, 'T' text and a
- * size_t length, 'b' bytes and a size_t length (bytea), 'i' int64_t, 'n' NULL, 'I' an array of
- * int64_t and its size_t length (bigint[]). Texts and bytes are sent in binary format, so they
- * need no terminator and no escaping. *ret (may be NULL) gets the result on success. */
-static int q(struct conn *c, enum stmt_id id, PGresult **ret, const char *types, ...)
-{
+/* A statement's parameters, typed by a string: 't' NUL-terminated text, 'T' text and a size_t
+ * length, 'b' bytes and a size_t length (bytea), 'i' int64_t, 'n' NULL, 'I' an array of int64_t
+ * and its size_t length (bigint[]). Texts and bytes are sent in binary format, so they need no
+ * terminator and no escaping; they must outlive the call. */
+struct params {
+        int n;
         const char *values[PARAMS_MAX];
         int lengths[PARAMS_MAX], formats[PARAMS_MAX];
         char numbers[PARAMS_MAX][24];
-        _cleanup_free_ char *array = NULL;
-        PGresult *res;
-        ExecStatusType status;
-        va_list ap;
-        int n = 0;
+        char *array; /* the text of an 'I' parameter */
+};
 
-        if (!c->pg)
-                return -ENOTCONN;
-        if (!c->prepared[id]) {
-                char name[16];
+static void params_clear(struct params *p)
+{
+        free(p->array);
+        p->array = NULL;
+}
 
-                snprintf(name, sizeof(name), "s%d", (int)id);
-                res = PQprepare(c->pg, name, stmt_sql[id], 0, NULL);
-                if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-                        int rc = failure(c, res);
-                        PQclear(res);
-                        return rc;
-                }
-                PQclear(res);
-                c->prepared[id] = true;
-        }
-        va_start(ap, types);
-        for (; types[n] && n < PARAMS_MAX; n++) {
-                const char *p;
+static int params_build(struct params *p, const char *types, va_list ap)
+{
+        for (p->n = 0; types[p->n] && p->n < PARAMS_MAX; p->n++) {
+                int n = p->n;
+                const char *v;
                 size_t len;
 
-                formats[n] = 1;
-                lengths[n] = 0;
+                p->formats[n] = 1;
+                p->lengths[n] = 0;
                 switch (types[n]) {
                 case 't':
-                        values[n] = va_arg(ap, const char *);
-                        lengths[n] = (int)strlen(values[n]);
+                        p->values[n] = va_arg(ap, const char *);
+                        p->lengths[n] = (int)strlen(p->values[n]);
                         break;
                 case 'T':
                 case 'b':
-                        p = va_arg(ap, const char *);
+                        v = va_arg(ap, const char *);
                         len = va_arg(ap, size_t);
-                        values[n] = p ? p : "";
-                        lengths[n] = (int)len;
+                        p->values[n] = v ? v : "";
+                        p->lengths[n] = (int)len;
                         break;
                 case 'i':
-                        snprintf(numbers[n], sizeof(numbers[n]), "%" PRId64, va_arg(ap, int64_t));
-                        values[n] = numbers[n];
-                        formats[n] = 0;
+                        snprintf(p->numbers[n], sizeof(p->numbers[n]), "%" PRId64,
+                                 va_arg(ap, int64_t));
+                        p->values[n] = p->numbers[n];
+                        p->formats[n] = 0;
                         break;
                 case 'I': {
-                        const int64_t *v = va_arg(ap, const int64_t *);
+                        const int64_t *keys = va_arg(ap, const int64_t *);
                         size_t count = va_arg(ap, size_t), used = 1;
 
-                        free(array);
-                        array = malloc(count * 21 + 3);
-                        if (!array) {
-                                va_end(ap);
+                        free(p->array);
+                        p->array = malloc(count * 21 + 3);
+                        if (!p->array)
                                 return -ENOMEM;
-                        }
-                        array[0] = '{';
+                        p->array[0] = '{';
                         for (size_t i = 0; i < count; i++)
-                                used +=
-                                    (size_t)sprintf(array + used, "%s%" PRId64, i ? "," : "", v[i]);
-                        array[used++] = '}';
-                        array[used] = '\0';
-                        values[n] = array;
-                        formats[n] = 0;
+                                used += (size_t)sprintf(p->array + used, "%s%" PRId64, i ? "," : "",
+                                                        keys[i]);
+                        p->array[used++] = '}';
+                        p->array[used] = '\0';
+                        p->values[n] = p->array;
+                        p->formats[n] = 0;
                         break;
                 }
                 default: /* 'n' */
-                        values[n] = NULL;
-                        formats[n] = 0;
+                        p->values[n] = NULL;
+                        p->formats[n] = 0;
                 }
         }
-        va_end(ap);
-        {
-                char name[16];
+        return 0;
+}
 
-                snprintf(name, sizeof(name), "s%d", (int)id);
-                res = PQexecPrepared(c->pg, name, n, values, lengths, formats, 0);
+static void stmt_name(enum stmt_id id, char name[16])
+{
+        snprintf(name, 16, "s%d", (int)id);
+}
+
+/* Prepares statement id on c's connection unless it was. */
+static int prepare(struct conn *c, enum stmt_id id)
+{
+        char name[16];
+        PGresult *res;
+        int rc = 0;
+
+        if (!c->pg)
+                return -ENOTCONN;
+        if (c->prepared[id])
+                return 0;
+        stmt_name(id, name);
+        res = PQprepare(c->pg, name, stmt_sql[id], 0, NULL);
+        if (PQresultStatus(res) == PGRES_COMMAND_OK)
+                c->prepared[id] = true;
+        else
+                rc = failure(c, res);
+        PQclear(res);
+        return rc;
+}
+
+/* Runs statement id with parameters typed by `types` (struct params). *ret (may be NULL) gets
+ * the result on success. */
+static int q(struct conn *c, enum stmt_id id, PGresult **ret, const char *types, ...)
+{
+        struct params p = {0};
+        ExecStatusType status;
+        char name[16];
+        PGresult *res;
+        va_list ap;
+        int rc;
+
+        rc = prepare(c, id);
+        if (rc < 0)
+                return rc;
+        va_start(ap, types);
+        rc = params_build(&p, types, ap);
+        va_end(ap);
+        if (rc < 0) {
+                params_clear(&p);
+                return rc;
         }
+        stmt_name(id, name);
+        res = PQexecPrepared(c->pg, name, p.n, p.values, p.lengths, p.formats, 0);
+        params_clear(&p);
         status = PQresultStatus(res);
         if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
-                int rc = failure(c, res);
+                rc = failure(c, res);
                 PQclear(res);
                 return rc;
         }
@@ -823,10 +872,83 @@ static int q(struct conn *c, enum stmt_id id, PGresult **ret, const char *types,
         return 0;
 }
 
-/* Rows a statement changed. */
-static int64_t changes(const PGresult *res)
+/* ---- Pipelines: many statements in one round trip ----
+ *
+ * pipe_send queues statements (prepared beforehand with prepare(), which a pipeline cannot
+ * do); pipe_end sends them, reads one outcome per statement in order and leaves pipeline mode.
+ * The server runs them one after the other in the open transaction, each seeing the ones
+ * before, so a pipeline means what the same statements sent one by one mean; after the first
+ * failure the rest are skipped. */
+
+static int pipe_begin(struct conn *c)
 {
-        return strtoll(PQcmdTuples((PGresult *)res), NULL, 10);
+        if (!c->pg)
+                return -ENOTCONN;
+        return PQenterPipelineMode(c->pg) == 1 ? 0 : failure(c, NULL);
+}
+
+static int pipe_send(struct conn *c, enum stmt_id id, const char *types, ...)
+{
+        struct params p = {0};
+        char name[16];
+        va_list ap;
+        int rc;
+
+        va_start(ap, types);
+        rc = params_build(&p, types, ap);
+        va_end(ap);
+        stmt_name(id, name);
+        if (rc >= 0 &&
+            PQsendQueryPrepared(c->pg, name, p.n, p.values, p.lengths, p.formats, 0) != 1)
+                rc = -EIO;
+        params_clear(&p);
+        return rc;
+}
+
+/* Collects the outcomes of the n statements sent: ret_changes[i] (may be NULL) gets the rows
+ * statement i changed. Returns the first failure. */
+static int pipe_end(struct conn *c, size_t n, int64_t *ret_changes)
+{
+        int rc = 0;
+
+        if (PQpipelineSync(c->pg) != 1)
+                return failure(c, NULL);
+        for (size_t i = 0; i < n; i++) {
+                PGresult *res = PQgetResult(c->pg);
+                ExecStatusType status = PQresultStatus(res);
+
+                if (!res) {
+                        rc = failure(c, NULL); /* the connection broke */
+                        return rc < 0 ? rc : -EIO;
+                }
+                if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
+                        if (ret_changes)
+                                ret_changes[i] = changes(res);
+                } else if (status != PGRES_PIPELINE_ABORTED && rc == 0) {
+                        rc = failure(c, res);
+                        if (rc == -ENOTCONN) {
+                                PQclear(res);
+                                return rc;
+                        }
+                }
+                PQclear(res);
+                res = PQgetResult(c->pg); /* the NULL that ends statement i */
+                PQclear(res);
+        }
+        for (;;) {
+                PGresult *res = PQgetResult(c->pg);
+                ExecStatusType status = PQresultStatus(res);
+
+                PQclear(res);
+                if (!res || status == PGRES_PIPELINE_SYNC)
+                        break;
+        }
+        if (PQexitPipelineMode(c->pg) != 1) {
+                rc = failure(c, NULL);
+                return rc < 0 ? rc : -EIO;
+        }
+        c->round_trips++;
+        return rc;
 }
 
 /* A statement that returns no rows and whose result is not needed. */
@@ -1872,26 +1994,6 @@ static int outbox_insert(struct conn *c, const char *hook, const char *account,
                    body_len, now_ms);
 }
 
-/* Records dedup_key; -EEXIST when it was recorded before (by this transaction or a committed
- * one: a concurrent one recording it too makes this one wait for its outcome). */
-static int dedup_add(struct conn *c, const char *dedup_key, int64_t now_ms)
-{
-        _cleanup_result_ PGresult *res = NULL;
-        int rc;
-
-        rc = q(c, ST_DEDUP_ADD, &res, "bi", dedup_key, strlen(dedup_key), now_ms);
-        if (rc < 0)
-                return rc;
-        return changes(res) == 0 ? -EEXIST : 0;
-}
-
-static int dead_insert(struct conn *c, const char *source, const char *reason, const char *raw,
-                       size_t raw_len, int64_t now_ms)
-{
-        return RUN(c, ST_DL_INSERT, "bbib", source, strlen(source), reason, strlen(reason), now_ms,
-                   raw, raw_len);
-}
-
 /* Takes the locks of every queue the batch adds to, in one round trip and in key order, so two
  * instances' batches never wait for each other in a cycle. */
 static int lock_queues(struct conn *c, const struct store_message *msgs, size_t n)
@@ -1913,43 +2015,88 @@ static int lock_queues(struct conn *c, const struct store_message *msgs, size_t 
         return RUN(c, ST_LOCK_MANY, "I", keys, count);
 }
 
-/* One message of a batch: -EEXIST (nothing written) is its result, not a failure. */
-static int message_tx(struct conn *c, const struct store_message *m, int64_t now_ms)
+/* Queues the writes of the messages whose results[i] is 0 (new): their deliveries or dead
+ * letter. Returns how many statements it queued in *ret_sent, even on failure. */
+static int send_messages(struct conn *c, const struct store_message *msgs, size_t n, int64_t now_ms,
+                         const int *results, size_t *ret_sent)
 {
-        int rc;
+        int rc = 0;
 
-        if (m->dedup_key) {
-                rc = dedup_add(c, m->dedup_key, now_ms);
-                if (rc < 0)
-                        return rc;
-        }
-        if (m->dead_source)
-                return dead_insert(c, m->dead_source, m->dead_reason, m->raw, m->raw_len, now_ms);
-        for (size_t i = 0; i < m->n_items; i++) {
-                const struct store_enqueue *it = &m->items[i];
+        for (size_t i = 0; i < n && rc >= 0; i++) {
+                const struct store_message *m = &msgs[i];
 
-                rc = outbox_insert(c, it->hook, it->account, it->conversation, it->webhook_id,
-                                   it->body, it->body_len, it->clear_namespaces, now_ms);
-                if (rc < 0)
-                        return rc;
+                if (results[i] != 0)
+                        continue;
+                if (m->dead_source) {
+                        rc = pipe_send(c, ST_DL_INSERT, "bbib", m->dead_source,
+                                       strlen(m->dead_source), m->dead_reason,
+                                       strlen(m->dead_reason), now_ms, m->raw, m->raw_len);
+                        *ret_sent += rc >= 0;
+                        continue;
+                }
+                for (size_t j = 0; j < m->n_items && rc >= 0; j++) {
+                        const struct store_enqueue *it = &m->items[j];
+
+                        if (it->clear_namespaces)
+                                rc = pipe_send(c, ST_OB_INSERT, "ttttbti", it->hook, it->account,
+                                               it->conversation, it->webhook_id, it->body,
+                                               it->body_len, it->clear_namespaces, now_ms);
+                        else
+                                rc = pipe_send(c, ST_OB_INSERT, "ttttbni", it->hook, it->account,
+                                               it->conversation, it->webhook_id, it->body,
+                                               it->body_len, now_ms);
+                        *ret_sent += rc >= 0;
+                }
         }
-        return 0;
+        return rc;
 }
 
+/* The batch in a handful of round trips rather than one per statement: the queue locks, then
+ * every dedup key in one pipeline (a key recorded before, or earlier in the batch, changes no
+ * row: that message's result is -EEXIST and nothing else of it is written), then the writes of
+ * the new messages in a second one. */
 static int enqueue_many_tx(struct conn *c, const struct store_message *msgs, size_t n,
                            int64_t now_ms, int *results)
 {
-        int rc = lock_queues(c, msgs, n);
+        static const enum stmt_id used[] = {ST_DEDUP_ADD, ST_OB_INSERT, ST_DL_INSERT};
+        _cleanup_free_ int64_t *added = NULL;
+        size_t sent = 0;
+        int rc, r;
 
+        rc = lock_queues(c, msgs, n);
+        for (size_t i = 0; i < ELEMENTSOF(used) && rc >= 0; i++)
+                rc = prepare(c, used[i]);
         if (rc < 0)
                 return rc;
-        for (size_t i = 0; i < n; i++) {
-                rc = message_tx(c, &msgs[i], now_ms);
-                if (rc < 0 && rc != -EEXIST)
-                        return rc;
-                results[i] = rc;
+        added = calloc(n, sizeof(*added));
+        if (!added)
+                return -ENOMEM;
+
+        rc = pipe_begin(c);
+        if (rc < 0)
+                return rc;
+        for (size_t i = 0; i < n && rc >= 0; i++) {
+                if (!msgs[i].dedup_key)
+                        continue;
+                rc = pipe_send(c, ST_DEDUP_ADD, "bi", msgs[i].dedup_key, strlen(msgs[i].dedup_key),
+                               now_ms);
+                sent += rc >= 0;
         }
-        return 0;
+        r = pipe_end(c, sent, added);
+        if (rc >= 0)
+                rc = r;
+        if (rc < 0)
+                return rc;
+        for (size_t i = 0, k = 0; i < n; i++)
+                results[i] = msgs[i].dedup_key && added[k++] == 0 ? -EEXIST : 0;
+
+        sent = 0;
+        rc = pipe_begin(c);
+        if (rc < 0)
+                return rc;
+        rc = send_messages(c, msgs, n, now_ms, results, &sent);
+        r = pipe_end(c, sent, NULL);
+        return rc < 0 ? rc : r;
 }
 
 static int pg_outbox_enqueue_many(void *impl, const struct store_message *msgs, size_t n,
