@@ -1157,8 +1157,13 @@ static int migrate(PGconn *pg, char *why, size_t why_size)
         rc = exec_or_say(pg, "BEGIN", "starting the migration", why, why_size);
         if (rc < 0)
                 return rc;
-        rc = exec_or_say(pg, "SELECT pg_advisory_xact_lock(" MIGRATION_LOCK ")",
-                         "waiting for another instance's migration", why, why_size);
+        /* The busy time-out is for requests; a start waits for another instance's migration
+         * (or a migration takes) as long as it must, within reason. */
+        rc = exec_or_say(pg, "SET LOCAL lock_timeout = '300s'; SET LOCAL statement_timeout = 0",
+                         "setting the migration's time-outs", why, why_size);
+        if (rc >= 0)
+                rc = exec_or_say(pg, "SELECT pg_advisory_xact_lock(" MIGRATION_LOCK ")",
+                                 "waiting for another instance's migration", why, why_size);
         if (rc >= 0)
                 rc = exec_or_say(
                     pg, "CREATE TABLE IF NOT EXISTS ctxhookd_schema (version integer NOT NULL)",

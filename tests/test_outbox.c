@@ -1,10 +1,12 @@
-/* Unit tests of the store's outbox, dead letters and dedup keys (the second half of store.h)
- * against real SQLite files in a fresh mkdtemp directory per test: the enqueue → claim → done
- * round trip, dedup, per-(hook, conversation) order under leases and retries, lease expiry,
- * dead letters (listing, redrive, delete), clearing the delivered conversation's notes through
- * the read cache, durability across reopen, racing claimers, and the migration from the first
- * schema version. sqlite3.h is used only to build an old database by hand; the backend table
- * only to read the cache's change counter. */
+/* Unit tests of the store's outbox, dead letters and dedup keys (the second half of store.h),
+ * built twice: against real SQLite files in a fresh mkdtemp directory per test (test_outbox),
+ * and with -DCTXHOOKD_TEST_PG against PostgreSQL in a fresh schema per test (test_outbox_pg,
+ * tests/test_pg.h). The enqueue → claim → done round trip, dedup, per-(hook, conversation)
+ * order under leases and retries, lease expiry, dead letters (listing, redrive, delete),
+ * clearing the delivered conversation's notes (through the read cache, on SQLite), durability
+ * across reopen and racing claimers on both backends; the SQLite lock and the migration from
+ * the first SQLite schema version only on SQLite. sqlite3.h (libpq) is used only to tamper
+ * with a database by hand; the backend table only to read the cache's change counter. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <ftw.h>
@@ -18,24 +20,42 @@
 #include "ctxhookd/store.h"
 #include "test_util.h"
 #include "store_backend.h"
+#ifdef CTXHOOKD_TEST_PG
+#include "test_pg.h"
+#endif
 
 #define T0  INT64_C(1800000000000) /* 2027-01-15T08:00:00.000Z */
 #define ACC "12345678"
 
 static char dir[64];
-static char path[160];
+/* What the test's store opens: the SQLite file, or the URL of the test's PostgreSQL schema. */
+static char where[1024];
 static struct store *st;
 
-static struct store *open_at(const char *p, unsigned pool)
+static struct store_options options_at(const char *w, unsigned pool, int busy_ms)
 {
-        /* A read cache, so clearing notes is checked against cached reads too. */
+        /* A read cache, so clearing notes is checked against cached reads too (the PostgreSQL
+         * backend ignores it: other hosts write the same data). */
         struct store_options o = {
-            .path = p, .busy_timeout_ms = 5000, .pool_size = pool, .cache_entries = 64};
+            .busy_timeout_ms = busy_ms, .pool_size = pool, .cache_entries = 64};
+
+#ifdef CTXHOOKD_TEST_PG
+        o.backend = "postgresql";
+        o.url = w;
+#else
+        o.path = w;
+#endif
+        return o;
+}
+
+static struct store *open_at(const char *w, unsigned pool)
+{
+        struct store_options o = options_at(w, pool, 5000);
         struct ch_error err = {{0}};
         struct store *s = NULL;
         int rc = store_open(&o, &s, &err);
 
-        cr_assert_eq(rc, 0, "store_open(%s): %d %s", p, rc, err.msg);
+        cr_assert_eq(rc, 0, "store_open(%s): %d %s", w, rc, err.msg);
         return s;
 }
 
@@ -43,14 +63,30 @@ static void setup(void)
 {
         strcpy(dir, "/tmp/ctxhookd-test-outbox-XXXXXX");
         cr_assert_not_null(mkdtemp(dir));
-        snprintf(path, sizeof(path), "%s/context.db", dir);
-        st = open_at(path, 4);
+#ifdef CTXHOOKD_TEST_PG
+        test_pg_url(where, sizeof(where));
+#else
+        snprintf(where, sizeof(where), "%s/context.db", dir);
+#endif
+        st = open_at(where, 4);
 }
 
 static void teardown(void)
 {
         st = store_close(st);
+#ifdef CTXHOOKD_TEST_PG
+        test_pg_drop(where);
+#endif
         test_rmtree(dir);
+}
+
+/* The read cache's change counter of Context API data; 0 when the backend keeps none (then
+ * the store caches nothing, which is what the PostgreSQL backend must do). */
+static uint64_t data_gen(void)
+{
+        if (!st->ops->gen_load)
+                return 0;
+        return st->ops->gen_load(st->impl, STORE_GEN_DATA);
 }
 
 /* Queues one delivery whose webhook id and body name it: body = {"w":"<webhook_id>"}. */
@@ -286,7 +322,7 @@ Test(outbox, a_repeated_dedup_key_writes_nothing)
         cr_assert_eq(depth(), 3);
 
         st = store_close(st);
-        st = open_at(path, 1);
+        st = open_at(where, 1);
         cr_assert_eq(store_outbox_enqueue(st, "kafka:t/0/42", &it, 1, T0 + 2), -EEXIST);
         cr_assert_eq(store_outbox_enqueue(st, "kafka:t/0/45", &it, 1, T0 + 2), 0);
         cr_assert_eq(depth(), 4);
@@ -378,6 +414,37 @@ Test(outbox, enqueue_many_records_each_message_in_order_in_one_go)
         cr_assert_eq(store_outbox_enqueue_many(st, NULL, 0, T0, NULL), 0);
 }
 
+/* Runs SQL on the test's database from outside the store. */
+static void raw_sql(const char *sql)
+{
+#ifdef CTXHOOKD_TEST_PG
+        test_pg_exec(where, sql);
+#else
+        sqlite3 *db = NULL;
+        char *msg = NULL;
+
+        cr_assert_eq(sqlite3_open(where, &db), SQLITE_OK);
+        sqlite3_busy_timeout(db, 5000);
+        cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &msg), SQLITE_OK, "%s: %s", sql, msg);
+        sqlite3_close(db);
+#endif
+}
+
+/* A trigger that makes every insert into the dead letters fail, and its removal. */
+#ifdef CTXHOOKD_TEST_PG
+#define REFUSE_DEAD_LETTERS_SQL                                                                    \
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "                            \
+        "$$BEGIN RAISE EXCEPTION 'refused'; END$$; "                                               \
+        "CREATE TRIGGER refuse BEFORE INSERT ON dead_letters FOR EACH ROW EXECUTE FUNCTION "       \
+        "refuse()"
+#define ACCEPT_DEAD_LETTERS_SQL "DROP TRIGGER refuse ON dead_letters"
+#else
+#define REFUSE_DEAD_LETTERS_SQL                                                                    \
+        "CREATE TRIGGER refuse BEFORE INSERT ON dead_letters BEGIN "                               \
+        "SELECT RAISE(ABORT, 'refused'); END"
+#define ACCEPT_DEAD_LETTERS_SQL "DROP TRIGGER refuse"
+#endif
+
 /* A failure part-way through a batch (here a trigger that refuses dead letters, after the
  * batch's first message has been written) undoes the whole batch. */
 Test(outbox, a_failing_batch_writes_nothing)
@@ -394,24 +461,15 @@ Test(outbox, a_failing_batch_writes_nothing)
             {.dedup_key = "k/3", .dead_source = "s", .dead_reason = "r", .raw = "x", .raw_len = 1},
         };
         int results[3] = {9, 9, 9};
-        sqlite3 *db = NULL;
-        char *msg = NULL;
 
-        cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
-        cr_assert_eq(sqlite3_exec(db,
-                                  "CREATE TRIGGER refuse BEFORE INSERT ON dead_letters BEGIN "
-                                  "SELECT RAISE(ABORT, 'refused'); END",
-                                  NULL, NULL, &msg),
-                     SQLITE_OK, "%s", msg);
+        raw_sql(REFUSE_DEAD_LETTERS_SQL);
         cr_assert_eq(store_outbox_enqueue_many(st, msgs, 3, T0, results), -EIO);
         cr_assert_eq(results[0], 9, "results written although the batch failed");
         cr_assert_eq(depth(), 0);
         cr_assert_eq(dead_count(), 0);
 
         /* Nor were the dedup keys kept: the same batch goes through once the cause is gone. */
-        cr_assert_eq(sqlite3_exec(db, "DROP TRIGGER refuse", NULL, NULL, &msg), SQLITE_OK, "%s",
-                     msg);
-        sqlite3_close(db);
+        raw_sql(ACCEPT_DEAD_LETTERS_SQL);
         cr_assert_eq(store_outbox_enqueue_many(st, msgs, 3, T0, results), 0);
         for (size_t i = 0; i < 3; i++)
                 cr_assert_eq(results[i], 0, "message %zu", i);
@@ -419,24 +477,35 @@ Test(outbox, a_failing_batch_writes_nothing)
         cr_assert_eq(dead_count(), 1);
 }
 
-/* A write lock held elsewhere: the batch fails as a whole after the busy timeout. */
+/* A write lock held elsewhere (SQLite's on the database; on PostgreSQL one on the dedup keys'
+ * table): the batch fails as a whole after the busy timeout. */
 Test(outbox, a_batch_blocked_by_a_lock_fails_and_records_no_key)
 {
-        struct store_options o = {.path = path, .busy_timeout_ms = 50, .pool_size = 1};
+        struct store_options o = options_at(where, 1, 50);
         const struct store_message msgs[] = {{.dedup_key = "k/1"}, {.dedup_key = "k/2"}};
         struct ch_error err = {{0}};
         struct store *s2 = NULL;
         int results[2] = {9, 9};
-        sqlite3 *db = NULL;
-        char *msg = NULL;
 
         cr_assert_eq(store_open(&o, &s2, &err), 0, "%s", err.msg);
-        cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+#ifdef CTXHOOKD_TEST_PG
+        PGconn *c = test_pg_connect(where);
+        test_pg_run(c, "BEGIN; LOCK TABLE dedup IN EXCLUSIVE MODE", NULL, 0);
+#else
+        sqlite3 *db = NULL;
+        char *msg = NULL;
+        cr_assert_eq(sqlite3_open(where, &db), SQLITE_OK);
         cr_assert_eq(sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, &msg), SQLITE_OK, "%s", msg);
+#endif
         cr_assert_eq(store_outbox_enqueue_many(s2, msgs, 2, T0, results), -EIO);
         cr_assert_eq(results[0], 9);
+#ifdef CTXHOOKD_TEST_PG
+        test_pg_run(c, "ROLLBACK", NULL, 0);
+        PQfinish(c);
+#else
         cr_assert_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, &msg), SQLITE_OK, "%s", msg);
         sqlite3_close(db);
+#endif
         cr_assert_eq(store_outbox_enqueue_many(s2, msgs, 2, T0, results), 0);
         cr_assert_eq(results[0], 0);
         cr_assert_eq(results[1], 0);
@@ -815,7 +884,7 @@ Test(outbox, outbox_ids_are_never_reused)
 
         cr_assert_eq(store_outbox_done(st, id, T0), 0);
         st = store_close(st);
-        st = open_at(path, 2);
+        st = open_at(where, 2);
         enqueue("h", "c", "w2", T0);
         cr_assert_gt(claim_one(T0, 1000, "w2"), id);
         /* A late done() of the old id must not touch the new row. */
@@ -879,15 +948,15 @@ Test(outbox, done_clears_the_conversations_notes_in_the_listed_namespaces_only)
                 free(text);
         }
 
-        uint64_t gen = st->ops->gen_load(st->impl, STORE_GEN_DATA);
+        uint64_t gen = data_gen();
         cr_assert_eq(store_outbox_enqueue(st, NULL, &it, 1, T0), 0);
         int64_t id = claim_one(T0, 1000, "w");
         cr_assert_eq(store_outbox_retry(st, id, 1, T0, "x"), 0);
         id = claim_one(T0, 1000, "w");
-        cr_assert_eq(st->ops->gen_load(st->impl, STORE_GEN_DATA), gen,
-                     "queue writes must not flush the read cache");
+        cr_assert_eq(data_gen(), gen, "queue writes must not flush the read cache");
         cr_assert_eq(store_outbox_done(st, id, T0 + 50), 0);
-        cr_assert_neq(st->ops->gen_load(st->impl, STORE_GEN_DATA), gen);
+        if (st->ops->gen_load) /* a backend that caches must flush what the clear deleted */
+                cr_assert_neq(data_gen(), gen);
 
         cr_assert_eq(store_prop_get(st, ACC, "notes", "conv1", "note", T0 + 51, &text, NULL, NULL),
                      -ENOENT, "a cached value survived the clear");
@@ -922,10 +991,10 @@ Test(outbox, done_without_clear_namespaces_keeps_notes_and_cache)
 
         put(ACC, "notes", "conv1", "note", "\"keep me\"");
         enqueue("h", "conv1", "w", T0);
-        uint64_t gen = st->ops->gen_load(st->impl, STORE_GEN_DATA);
+        uint64_t gen = data_gen();
         int64_t id = claim_one(T0, 1000, "w");
         cr_assert_eq(store_outbox_done(st, id, T0), 0);
-        cr_assert_eq(st->ops->gen_load(st->impl, STORE_GEN_DATA), gen);
+        cr_assert_eq(data_gen(), gen);
         cr_assert_eq(store_prop_get(st, ACC, "notes", "conv1", "note", T0, &text, NULL, NULL), 0);
         cr_assert_str_eq(text, "\"keep me\"");
         free(text);
@@ -940,7 +1009,7 @@ Test(outbox, queued_and_leased_state_survives_reopen)
         int64_t id = claim_one(T0, 10000, "w1");
 
         st = store_close(st);
-        st = open_at(path, 1);
+        st = open_at(where, 1);
         cr_assert_eq(depth(), 2);
         assert_claim(T0 + 1, 10, "w2");
         cr_assert_eq(claim_one(T0 + 10000, 10000, "w1"), id);
@@ -1107,7 +1176,7 @@ Test(outbox, racing_claimers_on_one_handle_never_share_a_delivery)
 
 Test(outbox, racing_claimers_on_two_handles_never_share_a_delivery)
 {
-        struct store *other = open_at(path, 2);
+        struct store *other = open_at(where, 2);
 
         race(st, other);
         store_close(other);
@@ -1115,6 +1184,9 @@ Test(outbox, racing_claimers_on_two_handles_never_share_a_delivery)
 
 /* ---- Migration ---- */
 
+/* SQLite only: the PostgreSQL backend started at the outbox's schema, so it has no database of
+ * the first version to migrate. */
+#ifndef CTXHOOKD_TEST_PG
 /* The schema of version 1 as the Context API release created it. */
 static const char schema_v1[] =
     "CREATE TABLE namespaces (account TEXT NOT NULL, name TEXT NOT NULL,"
@@ -1170,3 +1242,4 @@ Test(outbox, a_version_1_database_is_migrated_keeping_its_data)
         cr_assert_eq(n, 1);
         store_close(s2);
 }
+#endif

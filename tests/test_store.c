@@ -1,9 +1,12 @@
-/* Unit tests of the store against real SQLite files in a fresh mkdtemp directory per test:
- * opening and schema migration, API keys, namespaces, properties (every kind of JSON value),
+/* Unit tests of the store, built twice: against real SQLite files in a fresh mkdtemp directory
+ * per test (test_store), and with -DCTXHOOKD_TEST_PG against PostgreSQL in a fresh schema per
+ * test (test_store_pg, in the cluster of the ctest fixture pg_cluster_start: tests/test_pg.h).
+ * Opening and schema migration, API keys, namespaces, properties (every kind of JSON value),
  * ETags and If-Match, TTL expiry by moving the caller's clock, sweeping, paging, concurrent
- * use from several threads, and that a failed write leaves nothing behind. The file is driven
- * through the public store.h; sqlite3.h appears only to tamper with a database from outside
- * the store, as another process would, and the backend table only to reach a failure that
+ * use from several threads, and that a failed write leaves nothing behind, on both backends;
+ * the few tests about SQLite's files and locks only on SQLite. The file is driven through the
+ * public store.h; sqlite3.h (libpq) appears only to tamper with a database from outside the
+ * store, as another process would, and the backend table only to reach a failure that
  * store.c's own argument checks would otherwise catch first. */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -20,39 +23,71 @@
 #include "ctxhookd/store.h"
 #include "test_util.h"
 #include "store_backend.h"
+#ifdef CTXHOOKD_TEST_PG
+#include "test_pg.h"
+#endif
 
 #define T0  INT64_C(1800000000000) /* 2027-01-15T08:00:00.000Z */
 #define ACC "12345678"
 
 static char dir[64];
-static char path[160];
+/* What the test's store opens: the SQLite file, or the URL of the test's PostgreSQL schema. */
+static char where[1024];
 static struct store *st;
 
-static struct store *open_at(const char *p, unsigned pool, int busy_ms)
+static struct store_options options_at(const char *w, unsigned pool, int busy_ms)
 {
-        /* A small read cache, so every test here also runs through the cached read path. */
+        /* A small read cache, so every test here also runs through the cached read path (the
+         * PostgreSQL backend ignores it: other hosts write the same data). */
         struct store_options o = {
-            .path = p, .busy_timeout_ms = busy_ms, .pool_size = pool, .cache_entries = 64};
+            .busy_timeout_ms = busy_ms, .pool_size = pool, .cache_entries = 64};
+
+#ifdef CTXHOOKD_TEST_PG
+        o.backend = "postgresql";
+        o.url = w;
+#else
+        o.path = w;
+#endif
+        return o;
+}
+
+static struct store *open_at(const char *w, unsigned pool, int busy_ms)
+{
+        struct store_options o = options_at(w, pool, busy_ms);
         struct ch_error err = {{0}};
         struct store *s = NULL;
         int rc = store_open(&o, &s, &err);
 
-        cr_assert_eq(rc, 0, "store_open(%s): %d %s", p, rc, err.msg);
+        cr_assert_eq(rc, 0, "store_open(%s): %d %s", w, rc, err.msg);
         cr_assert_not_null(s);
         return s;
+}
+
+/* Another empty database beside the test's own: a new file (named name) or a new schema. */
+static void fresh_where(const char *name, char *out, size_t size)
+{
+#ifdef CTXHOOKD_TEST_PG
+        (void)name;
+        test_pg_url(out, size);
+#else
+        snprintf(out, size, "%s/%s", dir, name);
+#endif
 }
 
 static void setup(void)
 {
         strcpy(dir, "/tmp/ctxhookd-test-store-XXXXXX");
         cr_assert_not_null(mkdtemp(dir));
-        snprintf(path, sizeof(path), "%s/context.db", dir);
-        st = open_at(path, 4, 5000);
+        fresh_where("context.db", where, sizeof(where));
+        st = open_at(where, 4, 5000);
 }
 
 static void teardown(void)
 {
         st = store_close(st);
+#ifdef CTXHOOKD_TEST_PG
+        test_pg_drop(where);
+#endif
         test_rmtree(dir);
 }
 
@@ -140,41 +175,71 @@ static void assert_session_ids(const char *ns, int64_t page, int64_t per_page, i
         assert_array(rc, a, want);
 }
 
-/* Runs one SQL statement on the database file from outside the store. */
-static void raw_sql(const char *p, const char *sql)
+#ifdef CTXHOOKD_TEST_PG
+/* The postgresql backend records its schema version in a table (daemon/store_pg.c). */
+#define NEWER_VERSION_SQL "UPDATE ctxhookd_schema SET version = 999"
+#else
+#define NEWER_VERSION_SQL "PRAGMA user_version = 999"
+#endif
+
+/* Runs one SQL statement on the database from outside the store. */
+static void raw_sql(const char *w, const char *sql)
 {
+#ifdef CTXHOOKD_TEST_PG
+        test_pg_exec(w, sql);
+#else
         sqlite3 *db = NULL;
         char *msg = NULL;
 
-        cr_assert_eq(sqlite3_open(p, &db), SQLITE_OK);
+        cr_assert_eq(sqlite3_open(w, &db), SQLITE_OK);
         sqlite3_busy_timeout(db, 5000);
         cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &msg), SQLITE_OK, "%s: %s", sql, msg);
         sqlite3_close(db);
+#endif
 }
 
 /* ---- Opening and schema ---- */
 
 TestSuite(open, .init = setup, .fini = teardown);
 
-Test(open, creates_a_wal_database_at_the_current_schema)
+Test(open, creates_the_database_at_the_latest_schema)
 {
-        sqlite3 *db = NULL;
-        sqlite3_stmt *q = NULL;
+        struct store_options o = options_at(where, 1, 1000);
         int version = -1;
 
         cr_assert_eq(store_schema_version(st, &version), 0);
         cr_assert_geq(version, 1);
+        cr_assert_eq(version, store_schema_latest(&o));
         cr_assert_eq(store_ping(st), 0);
-        cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
-        cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &q, NULL), SQLITE_OK);
-        cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
-        cr_assert_str_eq((const char *)sqlite3_column_text(q, 0), "wal");
-        sqlite3_finalize(q);
-        cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL), SQLITE_OK);
-        cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
-        cr_assert_eq(sqlite3_column_int(q, 0), version);
-        sqlite3_finalize(q);
-        sqlite3_close(db);
+#ifdef CTXHOOKD_TEST_PG
+        {
+                char n[32];
+
+                /* In the URL's schema, not anywhere else. */
+                test_pg_value(where,
+                              "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()",
+                              n, sizeof(n));
+                cr_assert_geq(atoi(n), 4, "only %s tables in the test's schema", n);
+        }
+#else
+        {
+                sqlite3 *db = NULL;
+                sqlite3_stmt *q = NULL;
+
+                cr_assert_eq(sqlite3_open(where, &db), SQLITE_OK);
+                cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &q, NULL),
+                             SQLITE_OK);
+                cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+                cr_assert_str_eq((const char *)sqlite3_column_text(q, 0), "wal");
+                sqlite3_finalize(q);
+                cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL),
+                             SQLITE_OK);
+                cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+                cr_assert_eq(sqlite3_column_int(q, 0), version);
+                sqlite3_finalize(q);
+                sqlite3_close(db);
+        }
+#endif
 }
 
 Test(open, reopening_is_idempotent_and_keeps_data)
@@ -185,9 +250,9 @@ Test(open, reopening_is_idempotent_and_keeps_data)
         cr_assert_eq(store_schema_version(st, &v1), 0);
         put("notes", "conv1", "n", "{\"k\":[1,2]}", T0);
         st = store_close(st);
-        st = open_at(path, 2, 1000);
+        st = open_at(where, 2, 1000);
         st = store_close(st);
-        st = open_at(path, 1, 1000);
+        st = open_at(where, 1, 1000);
         cr_assert_eq(store_schema_version(st, &v2), 0);
         cr_assert_eq(v1, v2);
         cr_assert_eq(store_prop_get(st, ACC, "notes", "conv1", "n", T0, &text, NULL, NULL), 0);
@@ -197,36 +262,42 @@ Test(open, reopening_is_idempotent_and_keeps_data)
 
 Test(open, migrates_an_existing_empty_database)
 {
-        char p[200];
+        char p[sizeof(where)];
         struct store *s2;
         int version = 0;
 
-        snprintf(p, sizeof(p), "%s/old.db", dir);
-        raw_sql(p, "CREATE TABLE unrelated (x INTEGER)"); /* a file at user_version 0 */
+        /* A database that has something else in it but none of the store's tables. */
+        fresh_where("old.db", p, sizeof(p));
+        raw_sql(p, "CREATE TABLE unrelated (x INTEGER)");
         s2 = open_at(p, 1, 1000);
         cr_assert_eq(store_schema_version(s2, &version), 0);
         cr_assert_geq(version, 1);
         cr_assert_eq(store_ns_create(s2, ACC, "ns", -1, T0), 0);
         store_close(s2);
+#ifdef CTXHOOKD_TEST_PG
+        test_pg_drop(p);
+#endif
 }
 
 Test(open, refuses_a_database_from_a_newer_version)
 {
-        struct store_options o = {.path = path, .busy_timeout_ms = 1000, .pool_size = 2};
+        struct store_options o = options_at(where, 2, 1000);
         struct ch_error err = {{0}};
         struct store *s2 = NULL;
         int rc;
 
         st = store_close(st);
-        raw_sql(path, "PRAGMA user_version = 999");
+        raw_sql(where, NEWER_VERSION_SQL);
         rc = store_open(&o, &s2, &err);
         cr_assert_lt(rc, 0);
         cr_assert_null(s2);
-        cr_assert_not_null(strstr(err.msg, path), "message does not name the file: %s", err.msg);
+        cr_assert_not_null(strstr(err.msg, where), "message does not name the database: %s",
+                           err.msg);
         cr_assert_not_null(strstr(err.msg, "999"), "message: %s", err.msg);
         cr_assert_not_null(strstr(err.msg, "newer"), "message: %s", err.msg);
 }
 
+#ifndef CTXHOOKD_TEST_PG
 Test(open, unopenable_path_fails_naming_it)
 {
         struct ch_error err = {{0}};
@@ -247,13 +318,14 @@ Test(open, unopenable_path_fails_naming_it)
         cr_assert_null(s2);
         cr_assert_not_null(strstr(err.msg, p), "message does not name the file: %s", err.msg);
 }
+#endif
 
 Test(open, bad_options_are_refused)
 {
         struct ch_error err = {{0}};
         struct store *s2 = NULL;
-        struct store_options none = {.path = NULL, .pool_size = 1};
-        struct store_options nopool = {.path = path, .pool_size = 0};
+        struct store_options none = options_at(NULL, 1, 0);
+        struct store_options nopool = options_at(where, 0, 0);
 
         cr_assert_eq(store_open(&none, &s2, &err), -EINVAL);
         cr_assert_eq(store_open(&nopool, &s2, &err), -EINVAL);
@@ -263,7 +335,7 @@ Test(open, bad_options_are_refused)
 
 static void *open_thread(void *arg)
 {
-        struct store_options o = {.path = arg, .busy_timeout_ms = 10000, .pool_size = 2};
+        struct store_options o = options_at(arg, 2, 10000);
         struct ch_error err = {{0}};
         struct store *s = NULL;
         intptr_t rc = store_open(&o, &s, &err);
@@ -277,11 +349,11 @@ static void *open_thread(void *arg)
 Test(open, concurrent_first_opens_all_succeed)
 {
         pthread_t t[6];
-        char p[200];
+        char p[sizeof(where)];
         struct store *s2;
         json_t *a = NULL;
 
-        snprintf(p, sizeof(p), "%s/fresh.db", dir);
+        fresh_where("fresh.db", p, sizeof(p));
         for (size_t i = 0; i < 6; i++)
                 cr_assert_eq(pthread_create(&t[i], NULL, open_thread, p), 0);
         for (size_t i = 0; i < 6; i++) {
@@ -294,23 +366,53 @@ Test(open, concurrent_first_opens_all_succeed)
         cr_assert_eq(json_array_size(a), 1);
         json_decref(a);
         store_close(s2);
+#ifdef CTXHOOKD_TEST_PG
+        test_pg_drop(p);
+#endif
+}
+
+/* Another connection, outside the store (the CLI, say, or another instance), takes the lock
+ * that writers of properties wait for and holds it: SQLite's write lock on the database, a
+ * PostgreSQL lock on the properties table that lets readers through. */
+static void *hold_write_lock(void)
+{
+#ifdef CTXHOOKD_TEST_PG
+        PGconn *c = test_pg_connect(where);
+
+        test_pg_run(c, "BEGIN; LOCK TABLE properties IN EXCLUSIVE MODE", NULL, 0);
+        return c;
+#else
+        sqlite3 *db = NULL;
+
+        cr_assert_eq(sqlite3_open(where, &db), SQLITE_OK);
+        cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+        return db;
+#endif
+}
+
+static void release_write_lock(void *holder)
+{
+#ifdef CTXHOOKD_TEST_PG
+        test_pg_run(holder, "COMMIT", NULL, 0);
+        PQfinish(holder);
+#else
+        cr_assert_eq(sqlite3_exec(holder, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(holder);
+#endif
 }
 
 Test(open, a_held_write_lock_gives_eio_after_the_busy_timeout)
 {
-        struct store *s2 = open_at(path, 1, 50);
-        sqlite3 *db = NULL;
+        struct store *s2 = open_at(where, 1, 50);
         json_t *v = json_integer(1);
         char *text = NULL;
+        void *lock;
 
-        /* Another process (the CLI, say) holds the write lock. */
-        cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
-        cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+        lock = hold_write_lock();
         cr_assert_eq(store_prop_put(s2, ACC, "ns", NULL, "p", v, NULL, T0, NULL), -EIO);
-        /* Reads are not blocked by a writer in WAL mode. */
+        /* Reads are not blocked by a writer (SQLite in WAL mode; PostgreSQL's MVCC). */
         cr_assert_eq(store_prop_get(s2, ACC, "ns", NULL, "p", T0, &text, NULL, NULL), -ENOENT);
-        cr_assert_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
-        sqlite3_close(db);
+        release_write_lock(lock);
         /* The failure released everything: the next write goes through. */
         cr_assert_eq(store_prop_put(s2, ACC, "ns", NULL, "p", v, NULL, T0, NULL), 0);
         cr_assert_eq(store_prop_get(s2, ACC, "ns", NULL, "p", T0, &text, NULL, NULL), 0);
@@ -351,7 +453,7 @@ Test(keys, a_key_written_by_another_handle_is_seen_at_once)
         memset(h, 7, sizeof(h));
         memset(h2, 9, sizeof(h2));
         cr_assert_eq(store_key_get(st, ACC, got), -ENOENT); /* warm every cache there is */
-        cli = open_at(path, 1, 1000);                       /* as `ctxhookd apikey create` does */
+        cli = open_at(where, 1, 1000);                      /* as `ctxhookd apikey create` does */
         cr_assert_eq(store_key_set(cli, ACC, h, T0), 0);
         for (int i = 0; i < 8; i++) { /* whichever pooled connection answers */
                 cr_assert_eq(store_key_get(st, ACC, got), 0);
@@ -873,7 +975,7 @@ static void tag_after_restart(char out[STORE_ETAG_MAX])
         pid = fork();
         cr_assert_geq(pid, 0);
         if (pid == 0) {
-                struct store_options o = {.path = path, .busy_timeout_ms = 5000, .pool_size = 1};
+                struct store_options o = options_at(where, 1, 5000);
                 struct ch_error err;
                 char tag[STORE_ETAG_MAX] = "";
                 struct store *s = NULL;
@@ -896,7 +998,7 @@ Test(etag, tags_do_not_repeat_across_restarts)
 {
         char a[STORE_ETAG_MAX], b[STORE_ETAG_MAX];
 
-        st = store_close(st); /* no SQLite connection crosses a fork */
+        st = store_close(st); /* no database connection crosses a fork */
         tag_after_restart(a);
         tag_after_restart(b);
         cr_assert_gt(strlen(a), 2);
