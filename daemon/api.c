@@ -109,6 +109,9 @@ struct call {
         const char *url;
         struct timespec start;
         enum MHD_Result result;
+        /* A /readyz 503 is an answer, not a server error: the parts that know why log it,
+         * once per change, rather than once per probe. */
+        bool not_ready;
 };
 
 /* ---- small helpers ---- */
@@ -198,7 +201,7 @@ static enum MHD_Result answer(struct call *c, unsigned status, struct MHD_Respon
                 MHD_destroy_response(resp);
         }
         metrics_http_request(c->api->metrics, status, seconds_since(&c->start));
-        if (status >= 500) {
+        if (status >= 500 && !c->not_ready) {
                 char method[32], path[SHOW_MAX];
 
                 printable(c->method, strlen(c->method), method, sizeof(method));
@@ -850,16 +853,62 @@ static enum MHD_Result delete_session(struct call *c, const struct route *rt)
         return answer_no_content(c, NULL);
 }
 
+/* Copies text onto one line, blanks folded (libpq's reasons span several, with tabs), as
+ * printable UTF-8. */
+static void one_line(const char *text, char *out, size_t size)
+{
+        char folded[MESSAGE_MAX];
+        size_t n = 0;
+
+        for (const char *p = text; *p && n + 1 < sizeof(folded); p++) {
+                bool blank = *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r';
+
+                if (blank && (n == 0 || folded[n - 1] == ' '))
+                        continue;
+                folded[n++] = blank ? ' ' : *p;
+        }
+        while (n > 0 && folded[n - 1] == ' ')
+                n--;
+        printable(folded, n, out, size);
+}
+
+/* /readyz's 503: {"status": "unavailable", "reason": "<what> <why>", "message": "<what> <why>"}
+ * (the message as in every error answer). */
+static enum MHD_Result answer_unready(struct call *c, const char *reason_what,
+                                      const char *message_what, const char *why)
+{
+        char line[MESSAGE_MAX / 2], reason[MESSAGE_MAX], message[MESSAGE_MAX];
+        json_t *o;
+        char *body;
+
+        c->not_ready = true;
+        one_line(why, line, sizeof(line));
+        snprintf(reason, sizeof(reason), "%s%s", reason_what, line);
+        snprintf(message, sizeof(message), "%s%s", message_what, line);
+        o = json_pack("{s:s, s:s, s:s}", "status", "unavailable", "reason", reason, "message",
+                      message);
+        body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        return answer(
+            c, MHD_HTTP_SERVICE_UNAVAILABLE,
+            body ? make_response(strlen(body), body, MHD_RESPMEM_MUST_FREE, CONTENT_TYPE_JSON, NULL)
+                 : NULL,
+            message);
+}
+
 static enum MHD_Result get_readyz(struct call *c)
 {
         static const char ready[] = "{\"status\":\"ready\"}";
 
-        char why[256] = "";
+        char why[512] = "";
+        int r;
 
-        if (store_ping(c->api->store) < 0)
-                return answer_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "store unavailable");
+        r = store_health(c->api->store, why, sizeof(why));
+        if (r < 0)
+                return answer_unready(
+                    c, "store: ", "store unavailable: ", why[0] ? why : strerror(-r));
         if (c->api->ready && !c->api->ready(c->api->ready_ctx, why, sizeof(why)))
-                return answer_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready: %s", why);
+                return answer_unready(c, "", "not ready: ", why);
         return answer(c, MHD_HTTP_OK,
                       make_response(sizeof(ready) - 1, (void *)ready, MHD_RESPMEM_PERSISTENT,
                                     CONTENT_TYPE_JSON, NULL),

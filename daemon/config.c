@@ -27,6 +27,7 @@
 #include "ctxhookd/event.h"
 #include "ctxhookd/names.h"
 #include "ctxhookd/sign.h"
+#include "ctxhookd/store.h"
 
 /* Longest line accepted, without its line break. */
 #define LINE_MAX_CHARS 4096
@@ -64,10 +65,13 @@ struct option {
         const char *unit;           /* OPT_INT: named next to the bounds in messages */
         const char *const *choices; /* OPT_ENUM: NULL-terminated */
         value_rule rule;            /* NULL = the type's checks are all */
-        const char *def;            /* parsed by option_set like any other value; NULL = the key
-                                       is required (file or environment) */
-        size_t offset;              /* of the field in the section's struct (see struct section) */
-        const char *help;           /* one line; config_print shows it as a comment */
+        /* OPT_STRING that may hold a secret part (a password in a connection URL): how it is
+         * shown by config_print and in reload notes, with that part masked. NULL = as it is. */
+        void (*redact)(const char *value, char *out, size_t size);
+        const char *def;  /* parsed by option_set like any other value; NULL = the key
+                             is required (file or environment) */
+        size_t offset;    /* of the field in the section's struct (see struct section) */
+        const char *help; /* one line; config_print shows it as a comment */
 };
 
 /* offsetof that only compiles when the field has the C type the option type stores, so a row
@@ -87,6 +91,12 @@ struct option {
         {                                                                                          \
                 .section = s, .key = k, .type = OPT_STRING, .min = lo, .max = hi, .rule = r,       \
                 .def = d, .offset = ROW(field, char *), .help = h                                  \
+        }
+/* A string shown through redact() wherever it is printed. */
+#define STRING_REDACTED(s, k, field, lo, hi, d, r, show, h)                                        \
+        {                                                                                          \
+                .section = s, .key = k, .type = OPT_STRING, .min = lo, .max = hi, .rule = r,       \
+                .redact = show, .def = d, .offset = ROW(field, char *), .help = h                  \
         }
 #define SECRET(s, k, field, lo, hi, h) SECRET_RULE(s, k, field, lo, hi, "", NULL, h)
 #define SECRET_RULE(s, k, field, lo, hi, d, r, h)                                                  \
@@ -132,6 +142,7 @@ static int rule_close_reason(const char *s, char *why, size_t why_size);
 static int rule_namespace(const char *s, char *why, size_t why_size);
 static int rule_url(const char *s, char *why, size_t why_size);
 static int rule_signing_secret(const char *s, char *why, size_t why_size);
+static int rule_store_url(const char *s, char *why, size_t why_size);
 
 static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
 
@@ -147,12 +158,20 @@ static const struct option options[] = {
         "concurrent client connections; more are refused"),
     INT("api", "connection_timeout_s", api.connection_timeout_s, 1, 3600, "seconds", "30",
         "idle time after which a client connection is closed"),
+    ENUM("store", "backend", store.backend, store_backend_names, "sqlite",
+         "where the data lives: sqlite (one file on this host) | postgresql (a database that "
+         "several ctxhookd instances share)"),
     STRING("store", "path", store.path, 1, 4095, "/var/lib/ctxhookd/context.db",
-           "SQLite database file, created if missing; relative = under the working directory"),
+           "SQLite database file (backend = sqlite), created if missing; relative = under the "
+           "working directory"),
+    STRING_REDACTED("store", "url", store.url, 0, 4095, "", rule_store_url, store_url_redact,
+                    "PostgreSQL connection string (backend = postgresql, required there): "
+                    "postgresql://user@host:port/database or libpq key=value pairs; a password "
+                    "is shown as ********"),
     INT("store", "busy_timeout_ms", store.busy_timeout_ms, 0, 600000, "milliseconds", "5000",
         "how long a statement waits for a lock held by another connection"),
     INT("store", "pool_size", store.pool_size, 1, 64, NULL, "8",
-        "SQLite connections shared by concurrent requests"),
+        "database connections of this instance, shared by concurrent requests"),
     INT("store", "sweep_interval_s", store.sweep_interval_s, 1, 86400, "seconds", "60",
         "how often expired properties and sessions are deleted"),
     INT("store", "cache_entries", store.cache_entries, 0, 1048576, NULL, "4096",
@@ -632,6 +651,77 @@ static int rule_signing_secret(const char *s, char *why, size_t why_size)
                  SIGN_KEY_MIN, SIGN_KEY_MAX);
         explicit_bzero(&err, sizeof(err));
         return -EINVAL;
+}
+
+/* Where the password of a connection URL is: store_url_redact() replaces it with the mask, so
+ * it is what lies between the parts the URL and its redacted copy share at both ends. False when
+ * the URL holds no password (nothing was replaced). */
+static bool url_password_span(const char *url, size_t *ret_off, size_t *ret_len)
+{
+        char shown[LINE_MAX_CHARS + sizeof(SECRET_MASK)];
+        size_t n = strlen(url), m, pre = 0, post = 0;
+
+        store_url_redact(url, shown, sizeof(shown));
+        if (strcmp(url, shown) == 0)
+                return false;
+        m = strlen(shown);
+        while (pre < n && pre < m && url[pre] == shown[pre])
+                pre++;
+        while (post < n - pre && post < m - pre && url[n - 1 - post] == shown[m - 1 - post])
+                post++;
+        if (n - pre - post == 0)
+                return false;
+        *ret_off = pre;
+        *ret_len = n - pre - post;
+        return true;
+}
+
+/* Replaces every copy of the URL's password in text (libpq quotes the offending token or the
+ * whole URI in its reasons) with the mask, in place. */
+static void scrub_password(const char *url, char *text, size_t size)
+{
+        char out[CH_ERROR_MAX];
+        size_t off, len, o = 0;
+        const char *p = text, *hit;
+
+        if (!url_password_span(url, &off, &len))
+                return;
+        while ((hit = memmem(p, strlen(p), url + off, len)) && o < sizeof(out)) {
+                o += (size_t)snprintf(out + o, sizeof(out) - o, "%.*s%s", (int)(hit - p), p,
+                                      SECRET_MASK);
+                p = hit + len;
+        }
+        if (o < sizeof(out))
+                snprintf(out + o, sizeof(out) - o, "%s", p);
+        snprintf(text, size, "%s", out);
+}
+
+/* [store] url: what libpq accepts, judged without connecting. Its reasons may quote the URL,
+ * so the password is scrubbed from them; and the mask check-config prints for a password is
+ * refused as one, as for every other secret. */
+static int rule_store_url(const char *s, char *why, size_t why_size)
+{
+        char reason[CH_ERROR_MAX] = "";
+        int r;
+
+        r = store_url_check(s, reason, sizeof(reason));
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0) {
+                reason[strcspn(reason, "\r\n")] = '\0';
+                scrub_password(s, reason, sizeof(reason));
+                snprintf(why, why_size, "not a PostgreSQL connection string: %s",
+                         reason[0] ? reason : "libpq refuses it");
+                return -EINVAL;
+        }
+        if (strstr(s, SECRET_MASK) && !url_password_span(s, &(size_t){0}, &(size_t){0})) {
+                snprintf(why, why_size,
+                         "the password \"%s\" is how check-config hides it; write the password "
+                         "itself, or keep it in CTXHOOKD_STORE_URL or libpq's PGPASSFILE",
+                         SECRET_MASK);
+                return -EINVAL;
+        }
+        return 0;
 }
 
 static char **strv_free(char **v)
@@ -1645,6 +1735,38 @@ static void check_ordered(struct load *l)
         }
 }
 
+/* [store]: the backend chosen has what it needs, and nothing is set that it would ignore.
+ * url with sqlite is refused rather than ignored: whoever wrote it expects PostgreSQL. path keeps
+ * its default with postgresql (and the shipped file sets it), so it is not judged there. */
+static void check_store(struct load *l)
+{
+        const struct section *sec = section_find("store");
+        const struct option *backend = option_find(sec, "backend");
+        const struct option *url = option_find(sec, "url");
+        const struct config *c = l->config;
+        bool postgresql = strcmp(c->store.backend, "postgresql") == 0;
+        bool has_url = c->store.url && c->store.url[0];
+        char env[256], why[512];
+        struct origin o;
+
+        if (option_refused(l, backend, c) || option_refused(l, url, c))
+                return;
+        if (postgresql && !has_url) {
+                origin_of(l, backend, &o, env, sizeof(env));
+                snprintf(why, sizeof(why),
+                         "postgresql needs [store] url, a libpq connection string such as "
+                         "postgresql://ctxhookd@db1:5432/ctxhookd (or CTXHOOKD_STORE_URL)");
+                value_problem(l, &o, backend, "[store]", why);
+        } else if (!postgresql && has_url) {
+                origin_of(l, url, &o, env, sizeof(env));
+                snprintf(why, sizeof(why),
+                         "only used with backend = postgresql (backend is %s); remove it or set "
+                         "backend = postgresql",
+                         c->store.backend);
+                value_problem(l, &o, url, "[store]", why);
+        }
+}
+
 struct config *config_free(struct config *c)
 {
         if (!c)
@@ -1664,6 +1786,18 @@ struct config *config_free(struct config *c)
         free(c->source);
         free(c);
         return NULL;
+}
+
+void config_store_options(const struct config *c, struct store_options *ret)
+{
+        *ret = (struct store_options){
+            .backend = c->store.backend,
+            .path = c->store.path,
+            .url = c->store.url && c->store.url[0] ? c->store.url : NULL,
+            .busy_timeout_ms = (int)c->store.busy_timeout_ms,
+            .pool_size = (unsigned)c->store.pool_size,
+            .cache_entries = (unsigned)c->store.cache_entries,
+        };
 }
 
 static void config_freep(struct config **c)
@@ -1719,6 +1853,7 @@ int config_load_string(const char *text, const char *name, struct config **ret,
                 return -ENOMEM;
         check_required(&l);
         check_ordered(&l);
+        check_store(&l);
         if (l.n_problems > 0)
                 return -EINVAL;
         *ret = TAKE_PTR(c);
@@ -1836,6 +1971,12 @@ static int print_value(const void *base, const struct option *opt, FILE *out)
                 break;
         }
         s = *(char *const *)field;
+        if (opt->redact && s && *s) {
+                char shown[LINE_MAX_CHARS + sizeof(SECRET_MASK)];
+
+                opt->redact(s, shown, sizeof(shown));
+                return fprintf(out, "%s =%s%s\n", opt->key, value_gap(shown), shown);
+        }
         return fprintf(out, "%s =%s%s\n", opt->key, value_gap(s), s ? s : "");
 }
 
@@ -1995,7 +2136,17 @@ int config_keep_restart_options(struct config *next, const struct config *runnin
                             *(char *const *)old_field ? *(char *const *)old_field : "";
                         const char *wanted = *(char **)new_field ? *(char **)new_field : "";
 
-                        if (opt->type == OPT_SECRET)
+                        char was_shown[LINE_MAX_CHARS + sizeof(SECRET_MASK)];
+                        char wanted_shown[sizeof(was_shown)];
+
+                        snprintf(was_shown, sizeof(was_shown), "%s", was);
+                        snprintf(wanted_shown, sizeof(wanted_shown), "%s", wanted);
+                        if (opt->redact) {
+                                opt->redact(was, was_shown, sizeof(was_shown));
+                                opt->redact(wanted, wanted_shown, sizeof(wanted_shown));
+                        }
+                        /* A URL whose password alone changed looks the same redacted. */
+                        if (opt->type == OPT_SECRET || strcmp(was_shown, wanted_shown) == 0)
                                 ch_error_append(notes,
                                                 "[%s] %s: changed; needs a restart, the running "
                                                 "value stays in force",
@@ -2004,7 +2155,8 @@ int config_keep_restart_options(struct config *next, const struct config *runnin
                                 ch_error_append(notes,
                                                 "[%s] %s: \"%s\" → \"%s\" needs a restart; "
                                                 "\"%s\" stays in force",
-                                                opt->section, opt->key, was, wanted, was);
+                                                opt->section, opt->key, was_shown, wanted_shown,
+                                                was_shown);
                         copy = *(char *const *)old_field ? strdup(*(char *const *)old_field) : NULL;
                         if (*(char *const *)old_field && !copy)
                                 return -ENOMEM;

@@ -8,10 +8,13 @@
  * auto-commit, on every revocation and once more, synchronously, at shutdown: at-least-once,
  * with the store's dedup key ("kafka:topic/partition/offset") making a repeat a no-op. When the
  * store fails, nothing of the batch is acknowledged: each of its partitions is sought back to
- * its first message in the batch and the thread backs off (500 ms doubling to 5 s) before
- * trying again, and until that succeeds no later message of those partitions is processed, so
- * nothing is skipped. Every 200 ms the outbox depth is checked against [delivery] outbox_max
- * and the assignment paused or resumed (back-pressure); every second the lag (high watermark −
+ * its first message in the batch, and until it is recorded no later message of those
+ * partitions is processed, so nothing is skipped. Then, when store_health() says the database
+ * itself is gone (an outage, not a lock held too long), the whole assignment is paused, the
+ * outage is logged once, the store is asked again every second and consumption resumes by
+ * itself when it answers; otherwise the thread backs off (500 ms doubling to 5 s) and tries
+ * again. Every 200 ms the outbox depth is checked against [delivery] outbox_max and the
+ * assignment paused or resumed (back-pressure); every second the lag (high watermark −
  * position, summed over the assignment) is published. brokers = "embedded" runs librdkafka's
  * mock cluster in-process, a real-protocol broker for trials. This thread is a top layer: it
  * logs. */
@@ -39,6 +42,8 @@
 #define LAG_EVERY_MS      1000
 #define BACKOFF_FIRST_MS  500
 #define BACKOFF_MAX_MS    5000
+#define STORE_CHECK_MS    1000 /* how often a lost store is asked again */
+#define WHY_MAX           256
 /* How long a seek may take: waiting for it means that no message librdkafka pre-fetched from
  * the old position is handed out afterwards. */
 #define SEEK_WAIT_MS    2000
@@ -85,9 +90,16 @@ struct consumer {
         _Atomic int64_t last_progress_ms; /* CLOCK_MONOTONIC */
         _Atomic int64_t outbox_max;       /* [delivery] outbox_max, changed by a reload */
 
+        /* The store outage as other threads see it (STATUS=): since when, and why. */
+        pthread_mutex_t outage_lock;
+        bool outage;
+        char outage_why[WHY_MAX];
+
         /* Owned by the consumer thread (librdkafka's callbacks run on it, from poll/close). */
         bool fatal_seen;
-        bool paused;
+        bool paused;            /* by back-pressure */
+        bool store_down;        /* by a store outage; the assignment is paused while either holds */
+        int64_t store_check_ms; /* when to ask the lost store again (monotonic) */
         bool depth_failing;
         int64_t backoff_ms; /* the next back-off after a store failure */
         struct hold *holds;
@@ -242,15 +254,84 @@ static void pause_or_resume(struct consumer *c, rd_kafka_topic_partition_list_t 
                             rd_kafka_err2str(e));
 }
 
-static void check_pressure(struct consumer *c)
+/* Sets the two reasons to pause and pauses or resumes the assignment when that makes it
+ * change between consuming and not. */
+static void set_paused(struct consumer *c, bool pressure, bool store_down)
 {
         rd_kafka_topic_partition_list_t *parts = NULL;
+        bool was = c->paused || c->store_down, now = pressure || store_down;
+
+        c->paused = pressure;
+        c->store_down = store_down;
+        if (was == now || rd_kafka_assignment(c->rk, &parts))
+                return;
+        if (parts->cnt > 0)
+                pause_or_resume(c, parts, now);
+        rd_kafka_topic_partition_list_destroy(parts);
+}
+
+static void outage_publish(struct consumer *c, bool outage, const char *why)
+{
+        pthread_mutex_lock(&c->outage_lock);
+        c->outage = outage;
+        snprintf(c->outage_why, sizeof(c->outage_why), "%s", why);
+        pthread_mutex_unlock(&c->outage_lock);
+}
+
+/* After a store call failed with r: when the database itself does not answer, the outage
+ * begins: the assignment is paused and the log says so, once. Returns whether it did; false
+ * means a passing failure (a lock held past the busy timeout …) that a retry may get past. */
+static bool store_outage_begins(struct consumer *c, int r)
+{
+        char why[WHY_MAX] = "";
+
+        if (r != -EIO)
+                return false;
+        if (c->store_down)
+                return true;
+        if (store_health(c->store, why, sizeof(why)) == 0)
+                return false;
+        set_paused(c, c->paused, true);
+        c->store_check_ms = clock_mono_ms() + STORE_CHECK_MS;
+        c->backoff_ms = 0;
+        outage_publish(c, true, why[0] ? why : "no reason given");
+        log_warning("kafka: store unavailable (%s): consumption paused; nothing is skipped, it "
+                    "resumes by itself once the store answers (asked every %d ms)",
+                    why[0] ? why : "no reason given", STORE_CHECK_MS);
+        return true;
+}
+
+/* During an outage, every STORE_CHECK_MS: resumes consumption once the store answers. */
+static void store_outage_check(struct consumer *c, int64_t now)
+{
+        char why[WHY_MAX] = "";
+
+        if (!c->store_down || now < c->store_check_ms)
+                return;
+        c->store_check_ms = now + STORE_CHECK_MS;
+        if (store_health(c->store, why, sizeof(why)) < 0)
+                return;
+        set_paused(c, c->paused, false);
+        outage_publish(c, false, "");
+        if (c->paused)
+                log_notice("kafka: store available again; consumption stays paused until the "
+                           "outbox drains below 90%% of [delivery] outbox_max");
+        else
+                log_notice("kafka: store available again: consumption resumed");
+}
+
+static void check_pressure(struct consumer *c)
+{
         int64_t max = atomic_load(&c->outbox_max);
         int64_t depth;
         bool pause;
         int r;
 
+        if (c->store_down)
+                return; /* the depth cannot be read; the outage check resumes first */
         r = store_outbox_depth(c->store, &depth);
+        if (r < 0 && store_outage_begins(c, r))
+                return;
         if (r < 0) {
                 if (!c->depth_failing)
                         log_warning("kafka: reading the outbox depth failed: %s; consumption "
@@ -267,11 +348,7 @@ static void check_pressure(struct consumer *c)
                 pause = false;
         else
                 return;
-        if (rd_kafka_assignment(c->rk, &parts))
-                return;
-        pause_or_resume(c, parts, pause);
-        rd_kafka_topic_partition_list_destroy(parts);
-        c->paused = pause;
+        set_paused(c, pause, c->store_down);
         if (pause)
                 log_notice("outbox holds %" PRId64 " deliveries, more than [delivery] "
                            "outbox_max = %" PRId64 ": Kafka consumption paused until it drops "
@@ -364,7 +441,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 }
                 /* Starting at the committed offsets: no hold from a previous owner applies. */
                 hold_drop_list(c, parts);
-                if (c->paused && parts->cnt > 0)
+                if ((c->paused || c->store_down) && parts->cnt > 0)
                         pause_or_resume(c, parts, true);
                 log_info("kafka: %d partition(s) of %s assigned (%s rebalancing)", parts->cnt,
                          c->cfg->kafka.topic, cooperative ? "cooperative" : "eager");
@@ -567,20 +644,27 @@ static void batch_process(struct consumer *c)
                     .len = m->len,
                 };
         }
-        r = pipeline_process_batch(c->pipeline, c->msgs, c->n_batch, clock_wall_ms(), c->results);
+        /* A message that slipped through the pause of an outage waits for the store too. */
+        r = c->store_down ? -EIO
+                          : pipeline_process_batch(c->pipeline, c->msgs, c->n_batch,
+                                                   clock_wall_ms(), c->results);
         if (r < 0) {
-                if (c->backoff_ms < BACKOFF_FIRST_MS)
-                        c->backoff_ms = BACKOFF_FIRST_MS;
-                log_warning("%s%s: recording %s failed (%s): not acknowledged, trying again in "
-                            "%" PRId64 " ms",
-                            c->sources[0], c->n_batch > 1 ? " and later messages" : "",
-                            c->n_batch > 1 ? "them" : "the message", strerror(-r), c->backoff_ms);
                 for (size_t i = 0; i < c->n_parts; i++) {
                         const struct batch_part *p = &c->parts[i];
 
                         hold_set(c, p->partition, p->first);
                         seek_back(c, p->topic, p->partition, p->first);
                 }
+                if (store_outage_begins(c, r)) {
+                        batch_clear(c);
+                        return;
+                }
+                if (c->backoff_ms < BACKOFF_FIRST_MS)
+                        c->backoff_ms = BACKOFF_FIRST_MS;
+                log_warning("%s%s: recording %s failed (%s): not acknowledged, trying again in "
+                            "%" PRId64 " ms",
+                            c->sources[0], c->n_batch > 1 ? " and later messages" : "",
+                            c->n_batch > 1 ? "them" : "the message", strerror(-r), c->backoff_ms);
                 batch_clear(c);
                 back_off(c);
                 return;
@@ -642,6 +726,7 @@ static void *consumer_main(void *arg)
                         nanosleep(&ts, NULL);
                         continue;
                 }
+                store_outage_check(c, now);
                 if (now >= next_pressure) {
                         check_pressure(c);
                         next_pressure = now + PRESSURE_EVERY_MS;
@@ -884,6 +969,7 @@ int consumer_start(const struct config *cfg, struct pipeline *pipeline, struct s
         atomic_init(&c->fatal, false);
         atomic_init(&c->last_progress_ms, clock_mono_ms());
         atomic_init(&c->outbox_max, cfg->delivery.outbox_max);
+        pthread_mutex_init(&c->outage_lock, NULL);
 
         if (strcmp(cfg->kafka.brokers, EMBEDDED) == 0) {
                 r = embedded_start(c, err);
@@ -939,6 +1025,18 @@ void consumer_set_outbox_max(struct consumer *c, int64_t outbox_max)
         atomic_store(&c->outbox_max, outbox_max);
 }
 
+bool consumer_store_unavailable(struct consumer *c, char *why, size_t why_size)
+{
+        bool outage;
+
+        pthread_mutex_lock(&c->outage_lock);
+        outage = c->outage;
+        if (outage && why && why_size > 0)
+                snprintf(why, why_size, "%s", c->outage_why);
+        pthread_mutex_unlock(&c->outage_lock);
+        return outage;
+}
+
 int64_t consumer_last_progress_ms(const struct consumer *c)
 {
         return atomic_load(&c->last_progress_ms);
@@ -961,6 +1059,7 @@ struct consumer *consumer_stop(struct consumer *c)
                 rd_kafka_destroy(c->mock_rk);
         free(c->holds);
         free(c->bootstrap);
+        pthread_mutex_destroy(&c->outage_lock);
         free(c);
         return NULL;
 }

@@ -6,8 +6,11 @@
  * attention, a retry it scheduled falls due, deliver_wake() or deliver_stop() pokes it, or the
  * 1 s tick comes round (gauges, progress for the watchdog, deliveries freed by other means such
  * as an expired lease). The store is the only state shared with other threads; a store failure
- * is logged and retried after a pause, never fatal: whatever was not recorded is claimed again
- * when its lease runs out (at-least-once). */
+ * is never fatal: claims pause for a second and are tried again, and whatever was not recorded
+ * is claimed again when its lease runs out (at-least-once). When store_health() says the
+ * database is gone, that is an outage, logged once when it starts and once when it ends (with
+ * how many outcomes could not be recorded meanwhile); a passing failure (a lock held too long)
+ * is logged at most every STORE_WARN_MS. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -29,6 +32,7 @@
 #define TICK_MS          1000
 #define STORE_PAUSE_MS   1000  /* after a store failure, before claiming again */
 #define STORE_WARN_MS    30000 /* while the store keeps failing, warn this often */
+#define WHY_MAX          256
 #define LEASE_MARGIN_MS  10000 /* beyond the longest hook timeout: time to record the outcome */
 #define RESPONSE_KEEP    1024  /* bytes of a response body kept for the error message */
 #define REASON_BODY      200   /* bytes of it quoted in a dead letter's reason */
@@ -85,6 +89,11 @@ struct deliver {
 
         bool store_failing;
         int64_t store_warned_mono_ms;
+        bool store_down;             /* an outage: store_health() failed too */
+        int64_t unrecorded;          /* outcomes not recorded during the outage */
+        pthread_mutex_t outage_lock; /* the outage as other threads see it (STATUS=) */
+        bool outage;
+        char outage_why[WHY_MAX];
 
         pthread_t thread;
         atomic_bool wake_pending;
@@ -226,25 +235,65 @@ static bool timers_expire(struct deliver *d, int64_t now)
         return any;
 }
 
-/* Logs a store failure, at most every STORE_WARN_MS while it keeps failing, and pauses claims. */
-static void store_failed(struct deliver *d, int64_t *claim_after_mono, const char *what, int r)
+static void outage_publish(struct deliver *d, bool outage, const char *why)
+{
+        pthread_mutex_lock(&d->outage_lock);
+        d->outage = outage;
+        snprintf(d->outage_why, sizeof(d->outage_why), "%s", why);
+        pthread_mutex_unlock(&d->outage_lock);
+}
+
+/* A store call failed with r: claims pause for STORE_PAUSE_MS. The first failure asks
+ * store_health() whether the database is gone: then the outage is logged once, until it ends;
+ * otherwise the failure is logged at most every STORE_WARN_MS while it lasts. outcome: the
+ * failure lost a delivery's outcome (it is sent again after its lease). */
+static void store_failed(struct deliver *d, int64_t *claim_after_mono, const char *what, int r,
+                         bool outcome)
 {
         int64_t now = clock_mono_ms();
+        char why[WHY_MAX] = "";
 
+        if (outcome)
+                d->unrecorded++;
+        *claim_after_mono = now + STORE_PAUSE_MS;
+        if (d->store_down)
+                return;
+        if (r == -EIO && store_health(d->store, why, sizeof(why)) < 0) {
+                d->store_down = true;
+                d->store_failing = true;
+                outage_publish(d, true, why[0] ? why : "no reason given");
+                log_warning(
+                    "delivery: store unavailable (%s): deliveries paused, tried again every "
+                    "%d ms; a call that finishes meanwhile is sent again once its lease "
+                    "runs out",
+                    why[0] ? why : "no reason given", STORE_PAUSE_MS);
+                return;
+        }
         if (!d->store_failing || now - d->store_warned_mono_ms >= STORE_WARN_MS) {
                 log_warning("delivery: %s failed: %s; trying again in %d ms", what, strerror(-r),
                             STORE_PAUSE_MS);
                 d->store_warned_mono_ms = now;
         }
         d->store_failing = true;
-        *claim_after_mono = now + STORE_PAUSE_MS;
 }
 
 static void store_worked(struct deliver *d)
 {
-        if (d->store_failing)
+        if (d->store_down) {
+                outage_publish(d, false, "");
+                if (d->unrecorded > 0)
+                        log_notice("delivery: store available again: deliveries resumed; %" PRId64
+                                   " outcome(s) could not be recorded meanwhile: those "
+                                   "deliveries are sent again once their lease runs out",
+                                   d->unrecorded);
+                else
+                        log_notice("delivery: store available again: deliveries resumed");
+        } else if (d->store_failing) {
                 log_notice("delivery: the store works again");
+        }
         d->store_failing = false;
+        d->store_down = false;
+        d->unrecorded = 0;
 }
 
 static void metrics_attempt(struct deliver *d, const char *hook, enum metrics_delivery_result r,
@@ -646,7 +695,8 @@ static size_t collect_finished(struct deliver *d, int64_t *claim_after_mono)
                 curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
                 r = transfer_finish(d, t, msg->data.result);
                 if (r < 0)
-                        store_failed(d, claim_after_mono, "recording a delivery's outcome", r);
+                        store_failed(d, claim_after_mono, "recording a delivery's outcome", r,
+                                     true);
                 else
                         store_worked(d);
                 transfer_release(d, t);
@@ -664,7 +714,7 @@ static void update_gauges(struct deliver *d, int64_t *claim_after_mono)
         if (r == 0)
                 r = store_dead_count(d->store, &dead);
         if (r < 0) {
-                store_failed(d, claim_after_mono, "reading the outbox depth", r);
+                store_failed(d, claim_after_mono, "reading the outbox depth", r, false);
                 return;
         }
         if (d->metrics) {
@@ -817,7 +867,7 @@ static void *deliver_main(void *arg)
                         store_due = INT64_MAX;
                         r = claim_and_start(d, &more);
                         if (r < 0) {
-                                store_failed(d, &claim_after, "claiming deliveries", r);
+                                store_failed(d, &claim_after, "claiming deliveries", r, false);
                                 want_claim = true; /* once the pause is over */
                         } else {
                                 store_worked(d);
@@ -836,7 +886,8 @@ static void *deliver_main(void *arg)
                                 if (r == 0 && due > wall)
                                         store_due = due;
                                 else if (r < 0 && r != -ENOENT)
-                                        store_failed(d, &claim_after, "reading the outbox", r);
+                                        store_failed(d, &claim_after, "reading the outbox", r,
+                                                     false);
                         }
                 }
 
@@ -860,8 +911,12 @@ static void *deliver_main(void *arg)
                                 timeout = min64(timeout, claim_after - now);
                         if (d->n_timers > 0)
                                 timeout = min64(timeout, d->timers[0] - wall_now);
+                        /* Not before claims may start again after a store failure: a due
+                         * time already past would otherwise spin the loop until then. */
                         if (store_due != INT64_MAX)
-                                timeout = min64(timeout, store_due - wall_now);
+                                timeout = min64(timeout, store_due - wall_now > claim_after - now
+                                                             ? store_due - wall_now
+                                                             : claim_after - now);
                 }
                 if (timeout < 0)
                         timeout = 0;
@@ -894,6 +949,7 @@ static struct deliver *deliver_free(struct deliver *d)
         hooks_free(d->next_hooks, d->next_n_hooks);
         pthread_cond_destroy(&d->reconf_taken);
         pthread_mutex_destroy(&d->reconf_lock);
+        pthread_mutex_destroy(&d->outage_lock);
         free(d->slots);
         free(d->free_slots);
         free(d->timers);
@@ -922,6 +978,7 @@ int deliver_start(const struct config *cfg, struct store *store, struct metrics 
         d->store = store;
         d->metrics = metrics;
         pthread_mutex_init(&d->reconf_lock, NULL);
+        pthread_mutex_init(&d->outage_lock, NULL);
         pthread_cond_init(&d->reconf_taken, NULL);
         r = hooks_build(cfg, metrics, &d->hooks, &d->n_hooks, &d->lease_ms, err);
         if (r < 0) {
@@ -970,6 +1027,18 @@ void deliver_wake(struct deliver *d)
                 return;
         atomic_store(&d->wake_pending, true);
         curl_multi_wakeup(d->multi);
+}
+
+bool deliver_store_unavailable(struct deliver *d, char *why, size_t why_size)
+{
+        bool outage;
+
+        pthread_mutex_lock(&d->outage_lock);
+        outage = d->outage;
+        if (outage && why && why_size > 0)
+                snprintf(why, why_size, "%s", d->outage_why);
+        pthread_mutex_unlock(&d->outage_lock);
+        return outage;
 }
 
 int64_t deliver_last_progress_ms(const struct deliver *d)

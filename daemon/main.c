@@ -1,6 +1,7 @@
 /* The ctxhookd command line: parse the arguments, load the configuration, run the chosen
  * command, map the outcome to a sysexits code. Everything else lives in the modules. */
 #include <errno.h>
+#include <libgen.h>
 #include <stdbool.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -25,7 +26,9 @@ static const char usage_text[] =
     "                                    run recorded events (JSON lines or kcat -J, '-' =\n"
     "                                    stdin) through the pipeline; --dry-run prints the\n"
     "                                    deliveries instead of sending them\n"
-    "  ctxhookd check-config [-c FILE]   validate, print the effective config, exit 0/78\n"
+    "  ctxhookd check-config [-c FILE]   validate, print the effective config and whether\n"
+    "                                    the database answers; exit 0, 78 (bad config) or\n"
+    "                                    69 (database unavailable)\n"
     "  ctxhookd apikey create --account ID [-c FILE]\n"
     "                                    print a new API key for the account (last line of\n"
     "                                    stdout); the account's previous key stops working\n"
@@ -183,23 +186,108 @@ static int load_config(const char *path, struct config **ret)
         return -1;
 }
 
+/* Folds text onto one line in place: libpq's reasons span several, with tabs, and the
+ * "# store:" line must stay one comment line of the printed config. */
+static void fold_line(char *text)
+{
+        size_t n = 0;
+
+        for (const char *p = text; *p; p++) {
+                bool blank = *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r';
+
+                if (blank && (n == 0 || text[n - 1] == ' '))
+                        continue;
+                text[n++] = blank ? ' ' : *p;
+        }
+        while (n > 0 && text[n - 1] == ' ')
+                n--;
+        text[n] = '\0';
+}
+
+/* What the store of a valid configuration says, as a comment line after the printed config:
+ * whether the database answers and at which schema version, found without creating or
+ * changing anything. A database that cannot be reached is EX_UNAVAILABLE, not a bad config. */
+static int check_store(const struct config *cfg)
+{
+        struct ch_error err = {{0}};
+        struct store_options so;
+        char what[1200], where[1200 + 32] = "";
+        bool postgresql;
+        int r, version = 0, latest;
+
+        config_store_options(cfg, &so);
+        store_describe(&so, what, sizeof(what));
+        postgresql = strcmp(cfg->store.backend, "postgresql") == 0;
+        latest = store_schema_latest(&so);
+        r = store_probe(&so, &version, &err);
+        if (r == -ENOMEM) {
+                log_error("out of memory");
+                return EX_OSERR;
+        }
+        if (r < 0) {
+                /* The reason names the database, unless a backend forgot to. */
+                bool named;
+
+                fold_line(err.msg);
+                named = strstr(err.msg, what) != NULL;
+
+                printf("# store: %s%s%s\n", named ? "" : what, named ? "" : ": ",
+                       err.msg[0] ? err.msg : strerror(-r));
+                if (r == -EINVAL) {
+                        log_error("configuration from %s: %s", cfg->source, err.msg);
+                        return EX_CONFIG;
+                }
+                log_error("configuration from %s is valid, but the store is unavailable: %s",
+                          cfg->source, err.msg[0] ? err.msg : strerror(-r));
+                return EX_UNAVAILABLE;
+        }
+        if (!postgresql && access(cfg->store.path, F_OK) < 0) {
+                char *copy = strdup(cfg->store.path);
+                const char *dir = copy ? dirname(copy) : NULL;
+
+                if (dir && access(dir, F_OK) < 0)
+                        snprintf(where, sizeof(where), " (nor does its directory %s)", dir);
+                free(copy);
+                printf("# store: %s: does not exist yet%s; the first ctxhookd run creates it\n",
+                       what, where);
+        } else if (version == 0) {
+                printf("# store: %s: %s, schema not created yet: the first ctxhookd run creates "
+                       "it\n",
+                       what, postgresql ? "reachable" : "readable");
+        } else if (version < latest) {
+                printf("# store: %s: %s, schema version %d of %d: the next ctxhookd run "
+                       "upgrades it\n",
+                       what, postgresql ? "reachable" : "readable", version, latest);
+        } else {
+                printf("# store: %s: %s, schema version %d of %d\n", what,
+                       postgresql ? "reachable" : "readable", version, latest);
+        }
+        return EX_OK;
+}
+
 static int cmd_check_config(const struct config *cfg)
 {
+        int r;
+
         if (config_print(cfg, stdout) < 0 || fflush(stdout) != 0) {
                 log_error("cannot write the configuration to stdout: %s", strerror(errno));
                 return EX_IOERR;
         }
+        r = check_store(cfg);
+        if (fflush(stdout) != 0) {
+                log_error("cannot write the configuration to stdout: %s", strerror(errno));
+                return EX_IOERR;
+        }
+        if (r != EX_OK)
+                return r;
         log_notice("configuration from %s is valid", cfg->source);
         return EX_OK;
 }
 
 static int cmd_apikey_create(const struct config *cfg, const char *account)
 {
-        struct store_options sopts = {
-            .path = cfg->store.path,
-            .busy_timeout_ms = (int)cfg->store.busy_timeout_ms,
-            .pool_size = 1,
-        };
+        struct store_options sopts;
+        char what[1200];
         unsigned char hash[STORE_KEY_HASH_LEN];
         char key[APIKEY_TEXT_LEN + 1];
         struct ch_error err = {{0}};
@@ -212,6 +300,10 @@ static int cmd_apikey_create(const struct config *cfg, const char *account)
                 log_error("%s", err.msg);
                 return EX_USAGE;
         }
+        config_store_options(cfg, &sopts);
+        sopts.pool_size = 1;
+        sopts.cache_entries = 0;
+        store_describe(&sopts, what, sizeof(what));
         r = store_open(&sopts, &store, &err);
         if (r < 0) {
                 log_error("cannot open the store: %s", err.msg);
@@ -228,7 +320,7 @@ static int cmd_apikey_create(const struct config *cfg, const char *account)
         r = store_key_set(store, account, hash, now);
         store_close(store);
         if (r < 0) {
-                log_error("cannot store the key for account %s in %s: %s", account, cfg->store.path,
+                log_error("cannot store the key for account %s in %s: %s", account, what,
                           strerror(-r));
                 return EX_UNAVAILABLE;
         }

@@ -23,11 +23,13 @@ static const char *const event_results[METRICS_EVENT__COUNT] = {"queued", "ignor
 static const char *const delivery_results[METRICS_DELIVERY__COUNT] = {"delivered", "retry", "dead"};
 static const char *const reload_results[METRICS_RELOAD__COUNT] = {"applied", "refused"};
 static const char *const gauge_names[METRICS_GAUGE__COUNT] = {
-    "ctxhookd_outbox_depth", "ctxhookd_kafka_lag", "ctxhookd_dead_letters"};
+    "ctxhookd_outbox_depth", "ctxhookd_kafka_lag", "ctxhookd_dead_letters",
+    "ctxhookd_store_unavailable"};
 static const char *const gauge_help[METRICS_GAUGE__COUNT] = {
     "Deliveries queued in the outbox, in flight included.",
     "Messages of the assigned Kafka partitions not yet consumed.",
-    "Dead letters kept (malformed events, deliveries failed for good)."};
+    "Dead letters kept (malformed events, deliveries failed for good).",
+    "1 while the database cannot be reached (consumption and deliveries wait for it), else 0."};
 
 /* One histogram: non-cumulative bucket counts (the last slot counts what is above every
  * bound, so +Inf and _count are one sum and stay consistent under concurrent updates). */

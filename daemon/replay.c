@@ -738,18 +738,18 @@ static void print_diff(const struct replay_diff *d, void *userdata)
 
 static int open_store(struct run *run)
 {
-        struct store_options so = {
-            .path = run->cfg->store.path,
-            .busy_timeout_ms = (int)run->cfg->store.busy_timeout_ms,
-            .pool_size = 1,
-        };
+        struct store_options so;
         char path[128];
         struct ch_error err = {{0}};
-        int r;
+        int r, version = -1;
 
-        /* A dry run must not create the database: without one there is no context to read, so
-         * an empty throwaway store gives exactly what the real one would. */
-        if (run->o->dry_run && access(so.path, F_OK) < 0 && errno == ENOENT) {
+        config_store_options(run->cfg, &so);
+        so.pool_size = 1;
+        so.cache_entries = 0;
+        /* A dry run must not create the database or its tables: without them there is no
+         * context to read, so an empty throwaway store gives exactly what the real one would.
+         * A database that cannot be probed is left to store_open to report. */
+        if (run->o->dry_run && store_probe(&so, &version, &err) == 0 && version == 0) {
                 snprintf(run->tmpdir, sizeof(run->tmpdir), "/tmp/ctxhookd-replay-XXXXXX");
                 if (!mkdtemp(run->tmpdir)) {
                         run->tmpdir[0] = '\0';
@@ -758,7 +758,10 @@ static int open_store(struct run *run)
                         return -EIO;
                 }
                 snprintf(path, sizeof(path), "%s/empty.db", run->tmpdir);
-                so.path = path;
+                so = (struct store_options){.backend = "sqlite",
+                                            .path = path,
+                                            .busy_timeout_ms = so.busy_timeout_ms,
+                                            .pool_size = 1};
         }
         r = store_open(&so, &run->store, &err);
         if (r < 0)

@@ -5,7 +5,10 @@
  * WATCHDOG=1 only when none is stuck, and it keeps STATUS= up to date. SIGHUP reloads the
  * config file: hooks, [log], [delivery] and [kafka] account/max_message_bytes change live,
  * everything else keeps its running value and the log says it needs a restart. The sweeper
- * thread deletes expired Context API data on a timer. */
+ * thread deletes expired Context API data on a timer. A store that cannot be reached stops
+ * nothing: the consumer and the deliverer wait for it and resume by themselves, STATUS= and
+ * ctxhookd_store_unavailable say so meanwhile (from what those threads saw: the main thread
+ * never waits on the store), and /readyz answers 503. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -48,6 +51,7 @@ struct sweeper {
         long long interval_s;
         _Atomic long long retention_s; /* [delivery] retention_s: a reload changes it */
         _Atomic int64_t busy_since_ms; /* CLOCK_MONOTONIC; 0 while waiting (watchdog) */
+        bool failing;                  /* the last sweep failed: logged once until one works */
 };
 
 long long service_now_ms(void)
@@ -75,16 +79,25 @@ static void *sweeper_main(void *arg)
                 pthread_mutex_unlock(&sw->lock);
                 atomic_store(&sw->busy_since_ms, clock_mono_ms());
                 r = store_sweep(sw->store, service_now_ms(), &deleted);
-                if (r < 0)
-                        log_warning("sweeper: deleting expired data failed: %s", strerror(-r));
-                else if (deleted > 0)
+                if (r < 0 && !sw->failing)
+                        log_warning("sweeper: deleting expired data failed: %s; trying again "
+                                    "every %lld s",
+                                    strerror(-r), sw->interval_s);
+                else if (r == 0 && deleted > 0)
                         log_info("sweeper: deleted %lld expired rows", (long long)deleted);
-                r = store_dedup_expire(
-                    sw->store, service_now_ms() - atomic_load(&sw->retention_s) * 1000, &deleted);
-                if (r < 0)
-                        log_warning("sweeper: forgetting old dedup keys failed: %s", strerror(-r));
-                else if (deleted > 0)
-                        log_debug("sweeper: forgot %lld dedup keys", (long long)deleted);
+                if (r == 0) {
+                        r = store_dedup_expire(
+                            sw->store, service_now_ms() - atomic_load(&sw->retention_s) * 1000,
+                            &deleted);
+                        if (r < 0 && !sw->failing)
+                                log_warning("sweeper: forgetting old dedup keys failed: %s",
+                                            strerror(-r));
+                        else if (r == 0 && deleted > 0)
+                                log_debug("sweeper: forgot %lld dedup keys", (long long)deleted);
+                }
+                if (r == 0 && sw->failing)
+                        log_notice("sweeper: works again");
+                sw->failing = r < 0;
                 atomic_store(&sw->busy_since_ms, 0);
                 pthread_mutex_lock(&sw->lock);
         }
@@ -98,6 +111,7 @@ static int sweeper_start(struct sweeper *sw, struct store *store, const struct c
         int r;
 
         sw->stop = false;
+        sw->failing = false;
         sw->store = store;
         sw->interval_s = cfg->store.sweep_interval_s;
         atomic_store(&sw->retention_s, cfg->delivery.retention_s);
@@ -150,11 +164,12 @@ struct service {
         struct sweeper sweeper;
         bool sweeper_running;
 
-        char listening[128]; /* "listening on http://…" */
-        char status[1024];   /* the last STATUS= sent */
-        char refused[256];   /* why the last reload was refused; "" after one that applied */
-        int64_t watchdog_ms; /* systemd's WatchdogSec, 0 = none */
-        int stalled;         /* index of the stalled part being reported, -1 = none */
+        char listening[128];   /* "listening on http://…" */
+        char store_what[1200]; /* store_describe(): never a password */
+        char status[1024];     /* the last STATUS= sent */
+        char refused[256];     /* why the last reload was refused; "" after one that applied */
+        int64_t watchdog_ms;   /* systemd's WatchdogSec, 0 = none */
+        int stalled;           /* index of the stalled part being reported, -1 = none */
 };
 
 /* The config whose live options are in force. */
@@ -177,16 +192,13 @@ static bool service_ready(void *ctx, char *why, size_t why_size)
 
 static int service_start(struct service *sv, const struct config *cfg)
 {
-        struct store_options sopts = {
-            .path = cfg->store.path,
-            .busy_timeout_ms = (int)cfg->store.busy_timeout_ms,
-            .pool_size = (unsigned)cfg->store.pool_size,
-            .cache_entries = (unsigned)cfg->store.cache_entries,
-        };
+        struct store_options sopts;
         struct ch_error err = {{0}};
         int r;
 
         sv->cfg = cfg;
+        config_store_options(cfg, &sopts);
+        store_describe(&sopts, sv->store_what, sizeof(sv->store_what));
         r = store_open(&sopts, &sv->store, &err);
         if (r < 0) {
                 log_error("cannot open the store: %s", err.msg);
@@ -300,15 +312,41 @@ static void log_lines(int level, const char *prefix, const char *text)
         }
 }
 
+/* Whether the consumer or the deliverer found the store gone; why gets the reason on one line
+ * (libpq's span several, and a line break would end STATUS=). */
+static bool store_unavailable(struct service *sv, char *why, size_t why_size)
+{
+        size_t n = 0;
+
+        if (!(sv->consumer && consumer_store_unavailable(sv->consumer, why, why_size)) &&
+            !(sv->deliver && deliver_store_unavailable(sv->deliver, why, why_size)))
+                return false;
+        for (const char *p = why; *p; p++) {
+                bool blank = *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r';
+
+                if (!blank || (n > 0 && why[n - 1] != ' '))
+                        why[n++] = blank ? ' ' : *p;
+        }
+        while (n > 0 && why[n - 1] == ' ')
+                n--;
+        why[n] = '\0';
+        return true;
+}
+
 /* STATUS=: where it listens, what it consumes, how much waits. Sent when it changes. */
 static void update_status(struct service *sv)
 {
         char text[sizeof(sv->status)];
         long long depth = metrics_gauge_get(sv->metrics, METRICS_OUTBOX_DEPTH);
         long long dead = metrics_gauge_get(sv->metrics, METRICS_DEAD_LETTERS);
-        char kafka[300];
+        char kafka[512], why[256];
+        bool down = store_unavailable(sv, why, sizeof(why));
 
-        if (!sv->consumer)
+        metrics_gauge_set(sv->metrics, METRICS_STORE_UNAVAILABLE, down);
+        if (down)
+                snprintf(kafka, sizeof(kafka), "store unavailable (%s): %sdeliveries waiting", why,
+                         sv->consumer ? "consumption paused, " : "");
+        else if (!sv->consumer)
                 snprintf(kafka, sizeof(kafka), "not consuming from Kafka");
         else if (consumer_ready(sv->consumer))
                 snprintf(kafka, sizeof(kafka), "consuming %s", sv->cfg->kafka.topic);
@@ -475,7 +513,7 @@ int service_run(const struct config *cfg)
                 return r;
         }
         format_listening(cfg->api.listen, api_port(sv.api), sv.listening, sizeof(sv.listening));
-        log_notice("%s (store %s)", sv.listening, cfg->store.path);
+        log_notice("%s (store %s)", sv.listening, sv.store_what);
         sv.watchdog_ms = notify_watchdog_interval_ms();
         if (sv.watchdog_ms > 0)
                 log_info("watchdog: systemd expects a sign of life every %" PRId64 " ms",

@@ -15,6 +15,7 @@
 
 #include "ctxhookd/config.h"
 #include "ctxhookd/event.h"
+#include "ctxhookd/store.h"
 
 /* A valid signing secret (32 bytes) and a second one, for two hooks. */
 #define SECRET_A "whsec_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="
@@ -29,7 +30,10 @@ static const char *const env_vars[] = {
     "CTXHOOKD_API_THREADS",
     "CTXHOOKD_API_MAX_CONNECTIONS",
     "CTXHOOKD_API_CONNECTION_TIMEOUT_S",
+    "CTXHOOKD_STORE_BACKEND",
     "CTXHOOKD_STORE_PATH",
+    "CTXHOOKD_STORE_URL",
+    "CTXHOOKD_STORE_CACHE_ENTRIES",
     "CTXHOOKD_STORE_BUSY_TIMEOUT_MS",
     "CTXHOOKD_STORE_POOL_SIZE",
     "CTXHOOKD_STORE_SWEEP_INTERVAL_S",
@@ -127,7 +131,9 @@ Test(config, builtin_defaults)
         cr_expect_eq(c->api.threads, 0);
         cr_expect_eq(c->api.max_connections, 1024);
         cr_expect_eq(c->api.connection_timeout_s, 30);
+        cr_expect_str_eq(c->store.backend, "sqlite");
         cr_expect_str_eq(c->store.path, "/var/lib/ctxhookd/context.db");
+        cr_expect_str_eq(c->store.url, "");
         cr_expect_eq(c->store.busy_timeout_ms, 5000);
         cr_expect_eq(c->store.pool_size, 8);
         cr_expect_eq(c->store.sweep_interval_s, 60);
@@ -158,7 +164,9 @@ Test(config, embedded_config_loads_with_documented_values)
         cr_assert_eq(config_load(NULL, &c, &err), 0, "%s", err.msg);
         cr_expect_str_eq(c->source, "<embedded>");
         cr_expect_str_eq(c->api.listen, "127.0.0.1:8080");
+        cr_expect_str_eq(c->store.backend, "sqlite");
         cr_expect_str_eq(c->store.path, "ctxhookd.db");
+        cr_expect_str_eq(c->store.url, "");
         cr_expect_eq(c->api.max_body, 1048576);
         cr_expect_str_eq(c->api.admin_token, "");
         cr_expect_eq(c->store.pool_size, 8);
@@ -204,8 +212,8 @@ Test(config, embedded_text_is_the_shipped_file_and_covers_every_option)
                           needle + 1);
                 checked++;
         }
-        /* [api] 6, [store] 5, [log] 1, [kafka] 5, [delivery] 5; no hooks. */
-        cr_expect_eq(checked, 22, "config_print printed %zu options", checked);
+        /* [api] 6, [store] 7, [log] 1, [kafka] 5, [delivery] 5; no hooks. */
+        cr_expect_eq(checked, 24, "config_print printed %zu options", checked);
         free(printed);
         config_free(c);
 }
@@ -1545,6 +1553,8 @@ Test(config, which_options_change_live)
         cr_assert_not(config_option_live("delivery", "max_in_flight"));
         cr_assert_not(config_option_live("api", "listen"));
         cr_assert_not(config_option_live("store", "path"));
+        cr_assert_not(config_option_live("store", "backend"));
+        cr_assert_not(config_option_live("store", "url"));
         cr_assert_not(config_option_live("kafka", "brokers"));
         cr_assert_not(config_option_live("no", "such"));
 }
@@ -1657,4 +1667,251 @@ Test(config, librdkafka_refusal_is_one_line)
         cr_expect(strstr(err.msg, "t.conf:3: [kafka] fetch.wait.max.ms: librdkafka refuses it: "),
                   "%s", err.msg);
         cr_expect_neq(err.msg[strlen(err.msg) - 1], '\n', "%s", err.msg);
+}
+
+/* ---- [store] backend and url ---- */
+
+#define PG_PASSWORD "Sekr1t-pw-42"
+
+Test(config, postgresql_backend_with_url)
+{
+        struct store_options so;
+        struct config *c = load_ok("[store]\nbackend = postgresql\n"
+                                   "url = postgresql://ctx:" PG_PASSWORD "@db1:5432/ctxhookd\n"
+                                   "pool_size = 3\n");
+
+        cr_assert_str_eq(c->store.backend, "postgresql");
+        cr_assert_str_eq(c->store.url, "postgresql://ctx:" PG_PASSWORD "@db1:5432/ctxhookd");
+        /* path keeps its default: it is not judged with postgresql. */
+        cr_assert_str_eq(c->store.path, "/var/lib/ctxhookd/context.db");
+        config_store_options(c, &so);
+        cr_assert_str_eq(so.backend, "postgresql");
+        cr_assert_str_eq(so.url, c->store.url);
+        cr_assert_eq(so.pool_size, 3);
+        cr_assert_eq(so.busy_timeout_ms, 5000);
+        cr_assert_eq(so.cache_entries, 4096);
+        config_free(c);
+
+        /* key=value pairs are libpq's other syntax. */
+        c = load_ok("[store]\nbackend = postgresql\nurl = host=db1 port=5432 dbname=ctxhookd "
+                    "user=ctx password=" PG_PASSWORD "\n");
+        cr_assert(strstr(c->store.url, "dbname=ctxhookd"));
+        config_free(c);
+}
+
+Test(config, sqlite_store_options_have_no_url)
+{
+        struct store_options so;
+        struct config *c = load_ok("[store]\npath = x.db\ncache_entries = 0\n");
+
+        config_store_options(c, &so);
+        cr_assert_str_eq(so.backend, "sqlite");
+        cr_assert_str_eq(so.path, "x.db");
+        cr_assert_null(so.url, "an empty url must reach the store as none");
+        cr_assert_eq(so.cache_entries, 0);
+        cr_assert_eq(so.pool_size, 8);
+        config_free(c);
+}
+
+Test(config, backend_is_one_of_the_built_in_ones)
+{
+        char want[128];
+
+        snprintf(want, sizeof(want), "t.conf:2: [store] backend: \"mysql\" is not one of %s|%s",
+                 store_backend_names[0], store_backend_names[1]);
+        expect_error("[store]\nbackend = mysql\n", want);
+        cr_assert_str_eq(store_backend_names[0], "sqlite", "the first backend is the default");
+        expect_error("[store]\nbackend = PostgreSQL\n", "t.conf:2: [store] backend: ");
+}
+
+Test(config, postgresql_needs_a_url)
+{
+        struct ch_error err = {{0}};
+
+        expect_error("[store]\nbackend = postgresql\n",
+                     "t.conf:2: [store] backend: postgresql needs [store] url");
+        expect_error("[store]\nbackend = postgresql\nurl =\n",
+                     "t.conf:2: [store] backend: postgresql needs [store] url");
+        /* From the environment, the variable is named instead of a line. */
+        setenv("CTXHOOKD_STORE_BACKEND", "postgresql", 1);
+        load_bad("[store]\npath = a.db\n", &err);
+        cr_assert(strstr(err.msg, "environment CTXHOOKD_STORE_BACKEND: postgresql needs [store] "
+                                  "url"),
+                  "%s", err.msg);
+        cr_assert_eq(count_lines(err.msg), 1, "%s", err.msg);
+        /* ... and supplied there, it is enough. */
+        setenv("CTXHOOKD_STORE_URL", "postgresql://ctx:" PG_PASSWORD "@db1/ctxhookd", 1);
+        struct config *c = load_ok("[store]\npath = a.db\n");
+
+        cr_assert_str_eq(c->store.backend, "postgresql");
+        cr_assert_str_eq(c->store.url, "postgresql://ctx:" PG_PASSWORD "@db1/ctxhookd");
+        config_free(c);
+}
+
+Test(config, url_with_sqlite_is_an_error)
+{
+        struct ch_error err = {{0}};
+
+        expect_error("[store]\npath = a.db\nurl = postgresql://db1/ctxhookd\n",
+                     "t.conf:3: [store] url: only used with backend = postgresql (backend is "
+                     "sqlite)");
+        expect_error("[store]\nbackend = sqlite\nurl = host=db1\n",
+                     "t.conf:3: [store] url: only used with backend = postgresql");
+        setenv("CTXHOOKD_STORE_URL", "postgresql://db1/ctxhookd", 1);
+        load_bad("", &err);
+        cr_assert(strstr(err.msg, "environment CTXHOOKD_STORE_URL: only used with backend = "
+                                  "postgresql"),
+                  "%s", err.msg);
+        cr_assert_eq(count_lines(err.msg), 1, "%s", err.msg);
+}
+
+Test(config, bad_url_names_line_and_libpq_reason)
+{
+        struct ch_error err = {{0}};
+
+        expect_error("[store]\nbackend = postgresql\nurl = host=db1 bogus=1\n",
+                     "t.conf:3: [store] url: not a PostgreSQL connection string: invalid "
+                     "connection option \"bogus\"");
+        expect_error("[store]\nbackend = postgresql\nurl = nonsense\n",
+                     "t.conf:3: [store] url: not a PostgreSQL connection string: ");
+        expect_error("[store]\nbackend = postgresql\nurl = postgresql://db1/x?nosuch=1\n",
+                     "t.conf:3: [store] url: not a PostgreSQL connection string: invalid URI "
+                     "query parameter: \"nosuch\"");
+        /* A refused url is one problem: not also "missing" for postgresql. */
+        load_bad("[store]\nbackend = postgresql\nurl = host=db1 bogus=1\n", &err);
+        cr_assert_eq(count_lines(err.msg), 1, "%s", err.msg);
+        cr_assert_null(strchr(err.msg, '\n'), "libpq's line break kept: %s", err.msg);
+}
+
+/* libpq quotes the offending token, or the whole URI, in its reasons: the password must not
+ * reach a message by that way. */
+Test(config, a_bad_url_never_echoes_its_password)
+{
+        static const char *const bad[] = {
+            "postgresql://ctx:" PG_PASSWORD "%zz@db1/x",           /* bad percent-encoding */
+            "postgresql://ctx:" PG_PASSWORD "@[::1/x",             /* the whole URI is quoted */
+            "postgresql://ctx:" PG_PASSWORD "@db1/x?nosuch=1",     /* a bad parameter */
+            "postgresql://ctx@db1/x?password=" PG_PASSWORD "&a=1", /* password in the query */
+            "host=db1 password=" PG_PASSWORD " bogus=1",           /* key=value */
+        };
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                struct ch_error err = {{0}};
+                char text[512];
+
+                snprintf(text, sizeof(text), "[store]\nbackend = postgresql\nurl = %s\n", bad[i]);
+                load_bad(text, &err);
+                cr_assert(strstr(err.msg, "t.conf:3: [store] url: "), "%s: %s", bad[i], err.msg);
+                cr_assert_null(strstr(err.msg, PG_PASSWORD), "the password is in: %s", err.msg);
+                memset(&err, 0, sizeof(err));
+                setenv("CTXHOOKD_STORE_URL", bad[i], 1);
+                load_bad("[store]\nbackend = postgresql\n", &err);
+                cr_assert(strstr(err.msg, "environment CTXHOOKD_STORE_URL: "), "%s", err.msg);
+                cr_assert_null(strstr(err.msg, PG_PASSWORD), "the password is in: %s", err.msg);
+                unsetenv("CTXHOOKD_STORE_URL");
+        }
+}
+
+Test(config, printed_url_hides_the_password)
+{
+        static const struct {
+                const char *url, *shown;
+        } cases[] = {
+            {"postgresql://ctx:" PG_PASSWORD "@db1:5432/ctxhookd",
+             "postgresql://ctx:********@db1:5432/ctxhookd"},
+            {"postgresql://ctx@db1/ctxhookd?sslmode=require&password=" PG_PASSWORD,
+             "postgresql://ctx@db1/ctxhookd?sslmode=require&password=********"},
+            {"host=db1 user=ctx password=" PG_PASSWORD " dbname=ctxhookd",
+             "host=db1 user=ctx password=******** dbname=ctxhookd"},
+            {"postgresql://ctx@db1/ctxhookd", "postgresql://ctx@db1/ctxhookd"},
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char text[512], want[512];
+                struct config *c;
+                char *out;
+
+                snprintf(text, sizeof(text), "[store]\nbackend = postgresql\nurl = %s\n",
+                         cases[i].url);
+                c = load_ok(text);
+                out = print_to_string(c);
+                snprintf(want, sizeof(want), "\nurl = %s\n", cases[i].shown);
+                cr_assert(strstr(out, want), "want%sin:\n%s", want, out);
+                cr_assert_null(strstr(out, PG_PASSWORD), "the password is printed:\n%s", out);
+                free(out);
+                config_free(c);
+        }
+}
+
+/* The printed config with its masked password, fed back, is refused at the url's line, as every
+ * masked secret is: it cannot be deployed with "********" as the password by mistake. */
+Test(config, the_mask_is_refused_as_a_password)
+{
+        struct config *c = load_ok("[store]\nbackend = postgresql\n"
+                                   "url = postgresql://ctx:" PG_PASSWORD "@db1/ctxhookd\n");
+        struct ch_error err = {{0}};
+        char *out = print_to_string(c), *line, *at;
+        unsigned url_line = 1;
+
+        at = strstr(out, "\nurl = ");
+        cr_assert_not_null(at);
+        for (line = out; line <= at; line++)
+                url_line += *line == '\n';
+        load_bad(out, &err);
+        {
+                char want[64];
+
+                snprintf(want, sizeof(want), "t.conf:%u: [store] url: ", url_line);
+                cr_assert(strstr(err.msg, want), "want %s in:\n%s", want, err.msg);
+                cr_assert(strstr(err.msg, "how check-config hides it"), "%s", err.msg);
+        }
+        cr_assert_eq(count_lines(err.msg), 1, "%s", err.msg);
+        free(out);
+        config_free(c);
+        /* Stars elsewhere than the password are no mask. */
+        c = load_ok("[store]\nbackend = postgresql\nurl = postgresql://ctx:" PG_PASSWORD
+                    "@db1/ctxhookd?application_name=********\n");
+        config_free(c);
+}
+
+Test(config, reload_keeps_the_store_and_never_shows_the_password)
+{
+        struct config *running = load_ok("[store]\nbackend = postgresql\n"
+                                         "url = postgresql://ctx:" PG_PASSWORD "@db1/ctxhookd\n");
+        struct config *next = load_ok("[store]\nbackend = postgresql\n"
+                                      "url = postgresql://ctx:other-pw-77@db2/ctxhookd\n");
+        struct config *same_host = load_ok("[store]\nbackend = postgresql\n"
+                                           "url = postgresql://ctx:third-pw-88@db1/ctxhookd\n");
+        struct config *sqlite = load_ok("[store]\npath = b.db\n");
+        struct ch_error notes = {{0}};
+
+        cr_assert_eq(config_keep_restart_options(next, running, &notes), 1, "%s", notes.msg);
+        cr_assert(strstr(notes.msg, "[store] url: \"postgresql://ctx:********@db1/ctxhookd\" → "
+                                    "\"postgresql://ctx:********@db2/ctxhookd\" needs a restart"),
+                  "%s", notes.msg);
+        cr_assert_null(strstr(notes.msg, PG_PASSWORD), "%s", notes.msg);
+        cr_assert_null(strstr(notes.msg, "other-pw-77"), "%s", notes.msg);
+        cr_assert_str_eq(next->store.url, running->store.url);
+
+        /* Only the password changed: the redacted URLs look the same, so no arrow. */
+        cr_assert_eq(config_keep_restart_options(same_host, running, &notes), 1, "%s", notes.msg);
+        cr_assert_str_eq(notes.msg, "[store] url: changed; needs a restart, the running value "
+                                    "stays in force");
+        cr_assert_str_eq(same_host->store.url, running->store.url);
+
+        /* Another backend altogether: backend, url and path (a.db was the default) are kept. */
+        cr_assert_eq(config_keep_restart_options(sqlite, running, &notes), 3, "%s", notes.msg);
+        cr_assert(strstr(notes.msg, "[store] backend: \"postgresql\" → \"sqlite\" needs a "
+                                    "restart"),
+                  "%s", notes.msg);
+        cr_assert(strstr(notes.msg, "[store] url: \"postgresql://ctx:********@db1/ctxhookd\" → "
+                                    "\"\" needs a restart"),
+                  "%s", notes.msg);
+        cr_assert_null(strstr(notes.msg, PG_PASSWORD), "%s", notes.msg);
+        cr_assert_str_eq(sqlite->store.backend, "postgresql");
+        cr_assert_str_eq(sqlite->store.url, running->store.url);
+        config_free(running);
+        config_free(next);
+        config_free(same_host);
+        config_free(sqlite);
 }

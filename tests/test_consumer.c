@@ -8,13 +8,20 @@
  * meanwhile) and a restart of the group resumes right there; malformed and empty messages
  * become dead letters without stopping consumption; back-pressure pauses at outbox_max and
  * resumes as the outbox drains; the embedded broker; readiness follows the assignment; bad
- * librdkafka properties are refused naming the key, never a secret value. */
+ * librdkafka properties are refused naming the key, never a secret value. A lost database is
+ * played by the store's own backend with faults injected at its operation table
+ * (daemon/store_backend.h): consumption pauses, the log says so once, the store is asked about
+ * once a second (no tight loop), and everything produced meanwhile is recorded, in order and
+ * once, after it answers again; a held lock that the store's health check survives is no
+ * outage; back-pressure and an outage pausing at once resume only when both are over. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +39,7 @@
 #include "ctxhookd/metrics.h"
 #include "ctxhookd/pipeline.h"
 #include "ctxhookd/store.h"
+#include "store_backend.h"
 #include "test_util.h"
 
 #define PARTS   4
@@ -740,4 +748,247 @@ Test(consumer, bad_properties_are_refused_naming_the_key)
 
         refused("enable.auto.offset.store", "true", msg, sizeof(msg));
         cr_assert(strstr(msg, "enable.auto.offset.store"), "%s", msg);
+}
+
+/* ---- a lost database ---- */
+
+/* The store's backend with faults: while `store_down` is set, every call of the threads under
+ * test that the consumer makes (recording, the outbox depth, the health check) fails as a
+ * backend that lost its database does, and is counted. The test's own thread reads the real
+ * store meanwhile. */
+static struct store_ops faulty_ops;
+static const struct store_ops *real_ops;
+static atomic_bool store_down;
+static atomic_int pings_failed, calls_failed;
+static _Thread_local bool test_thread;
+
+#define DOWN_WHY "test: connection to server at \"127.0.0.1\", port 9 failed: refused"
+
+static bool fail_now(void)
+{
+        return atomic_load(&store_down) && !test_thread;
+}
+
+static int faulty_ping(void *impl, char *why, size_t why_size)
+{
+        if (!fail_now())
+                return real_ops->ping(impl, why, why_size);
+        atomic_fetch_add(&pings_failed, 1);
+        if (why)
+                snprintf(why, why_size, "%s", DOWN_WHY);
+        return -EIO;
+}
+
+static int faulty_enqueue_many(void *impl, const struct store_message *msgs, size_t n,
+                               int64_t now_ms, int *results)
+{
+        if (!fail_now())
+                return real_ops->outbox_enqueue_many(impl, msgs, n, now_ms, results);
+        atomic_fetch_add(&calls_failed, 1);
+        return -EIO;
+}
+
+static int faulty_depth(void *impl, int64_t *ret)
+{
+        if (!fail_now())
+                return real_ops->outbox_depth(impl, ret);
+        atomic_fetch_add(&calls_failed, 1);
+        return -EIO;
+}
+
+static void inject_faults(void)
+{
+        real_ops = st->ops;
+        faulty_ops = *real_ops;
+        faulty_ops.ping = faulty_ping;
+        faulty_ops.outbox_enqueue_many = faulty_enqueue_many;
+        faulty_ops.outbox_depth = faulty_depth;
+        st->ops = &faulty_ops;
+        test_thread = true;
+}
+
+/* stderr (the log) goes to a file of the test's directory from here on. */
+static char log_path[160];
+
+static void capture_log(void)
+{
+        int fd;
+
+        snprintf(log_path, sizeof(log_path), "%s/stderr.log", dir);
+        fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(dup2(fd, STDERR_FILENO), STDERR_FILENO);
+        close(fd);
+}
+
+/* How many lines of the log so far contain needle. */
+static int log_count(const char *needle)
+{
+        char line[4096];
+        FILE *f = fopen(log_path, "r");
+        int n = 0;
+
+        cr_assert_not_null(f);
+        while (fgets(line, sizeof(line), f))
+                n += strstr(line, needle) != NULL;
+        fclose(f);
+        return n;
+}
+
+Test(consumer, lost_store_pauses_consumption_and_resumes_by_itself)
+{
+        char why[256] = "";
+        int calls, pings;
+
+        load_config(bootstrap, "auto.commit.interval.ms = 200\n");
+        open_store(db_path, 5000);
+        inject_faults();
+        capture_log();
+        start();
+        wait_ready();
+        for (int seq = 0; seq < 3; seq++)
+                for (int conv = 0; conv < 4; conv++)
+                        produce_event(producer, conv, seq);
+        flush(producer);
+        wait_depth(12);
+
+        /* The database goes away. Even before a message needs it, the consumer notices (its
+         * outbox depth check) and pauses. */
+        atomic_store(&store_down, true);
+        WAIT_FOR(consumer_store_unavailable(cons, why, sizeof(why)));
+        cr_assert_str_eq(why, DOWN_WHY);
+        for (int seq = 3; seq < 6; seq++)
+                for (int conv = 0; conv < 4; conv++)
+                        produce_event(producer, conv, seq);
+        flush(producer);
+
+        /* Over 3.5 s: nothing recorded, the store asked about once a second (not in a tight
+         * loop, and nothing retried against it), one log line, readiness kept (the partitions
+         * stay assigned, only paused). */
+        atomic_store(&pings_failed, 0);
+        atomic_store(&calls_failed, 0);
+        sleep_ms(3500);
+        pings = atomic_load(&pings_failed);
+        calls = atomic_load(&calls_failed);
+        cr_assert(pings >= 2 && pings <= 5, "%d health checks in 3.5 s, want about one a second",
+                  pings);
+        cr_assert_eq(calls, 0, "%d store calls while paused", calls);
+        cr_assert_eq(depth(), 12, "recorded while the store was down");
+        cr_assert(consumer_ready(cons));
+        cr_assert_eq(log_count("kafka: store unavailable (" DOWN_WHY "): consumption paused"), 1);
+        cr_assert_eq(log_count("consumption resumed"), 0);
+        cr_assert_eq(log_count("recording"), 0, "a failed batch was logged: no outage path");
+
+        /* Back: within about a second everything produced meanwhile is recorded, once, in
+         * order per conversation; the log says so once. */
+        atomic_store(&store_down, false);
+        wait_depth(24);
+        sleep_ms(500);
+        cr_assert_eq(depth(), 24, "a message was recorded twice");
+        cr_assert_not(consumer_store_unavailable(cons, why, sizeof(why)));
+        cr_assert_eq(log_count("kafka: store available again: consumption resumed"), 1);
+        cr_assert_eq(log_count("store unavailable"), 1);
+        cr_assert_eq(drain(24, 4), 24);
+        cons = consumer_stop(cons);
+        assert_committed_to_end();
+}
+
+/* The store fails a batch while messages of several partitions are in it: the outage begins
+ * there (no depth check came first), nothing is skipped or repeated after. */
+Test(consumer, outage_found_by_a_failed_batch_skips_nothing)
+{
+        load_config(bootstrap, "auto.commit.interval.ms = 200\n");
+        open_store(db_path, 5000);
+        inject_faults();
+        capture_log();
+        /* Produced before the consumer starts, so that its first batch meets the outage. */
+        for (int seq = 0; seq < 5; seq++)
+                for (int conv = 0; conv < 8; conv++)
+                        produce_event(producer, conv, seq);
+        flush(producer);
+        atomic_store(&store_down, true);
+        start();
+        WAIT_FOR(consumer_store_unavailable(cons, NULL, 0));
+        sleep_ms(1500);
+        cr_assert_eq(depth(), 0);
+        cr_assert_eq(log_count("consumption paused"), 1);
+
+        atomic_store(&store_down, false);
+        wait_depth(40);
+        sleep_ms(500);
+        cr_assert_eq(depth(), 40, "a message was recorded twice");
+        cr_assert_eq(drain(40, 8), 40);
+        cr_assert_eq(log_count("consumption resumed"), 1);
+        cons = consumer_stop(cons);
+        assert_committed_to_end();
+}
+
+/* A write lock held past the busy timeout fails the batch but the store still answers its
+ * health check: that is retried with back-off, and is no outage. */
+Test(consumer, a_held_lock_is_no_outage)
+{
+        sqlite3 *db = NULL;
+        char *msg = NULL;
+
+        load_config(bootstrap, NULL);
+        open_store(db_path, 100);
+        capture_log();
+        start();
+        wait_ready();
+        cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+        cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg), SQLITE_OK, "%s", msg);
+        produce_event(producer, 0, 0);
+        flush(producer);
+        {
+                int64_t until = clock_wall_ms() + WAIT_MS;
+
+                while (log_count("recording the message failed") == 0 && clock_wall_ms() < until)
+                        sleep_ms(50);
+        }
+        cr_assert_geq(log_count("recording the message failed"), 1);
+        cr_assert_not(consumer_store_unavailable(cons, NULL, 0));
+        cr_assert_eq(log_count("store unavailable"), 0);
+        cr_assert_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, &msg), SQLITE_OK, "%s", msg);
+        sqlite3_close(db);
+        wait_depth(1);
+        cons = consumer_stop(cons);
+}
+
+/* Back-pressure and an outage pausing at once: the store coming back does not resume while the
+ * outbox is still over outbox_max, and draining it does. */
+Test(consumer, outage_and_back_pressure_resume_only_when_both_are_over)
+{
+        int64_t held, max = 5;
+
+        load_config(bootstrap, NULL);
+        cfg->delivery.outbox_max = max;
+        open_store(db_path, 5000);
+        inject_faults();
+        capture_log();
+        start();
+        wait_ready();
+        for (int conv = 0; conv < 10; conv++)
+                produce_event(producer, conv, 0);
+        flush(producer);
+        WAIT_FOR(log_count("Kafka consumption paused") == 1);
+        sleep_ms(300);
+        held = depth();
+        cr_assert(held > max, "depth %" PRId64, held);
+
+        atomic_store(&store_down, true);
+        WAIT_FOR(consumer_store_unavailable(cons, NULL, 0));
+        for (int i = 0; i < 20; i++)
+                produce_event(producer, i % 10, 1 + i / 10);
+        flush(producer);
+        atomic_store(&store_down, false);
+        WAIT_FOR(!consumer_store_unavailable(cons, NULL, 0));
+        cr_assert_eq(log_count("store available again; consumption stays paused"), 1);
+        cr_assert_eq(log_count("store available again: consumption resumed"), 0);
+        sleep_ms(1500);
+        cr_assert_eq(depth(), held, "consumed while the outbox was over outbox_max");
+
+        cr_assert_eq(drain(30, 10), 30);
+        cr_assert_eq(depth(), 0);
+        cons = consumer_stop(cons);
+        assert_committed_to_end();
 }

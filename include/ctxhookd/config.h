@@ -52,9 +52,11 @@ struct config {
                 int64_t connection_timeout_s;
         } api;
         struct {
-                char *path;
+                char *backend; /* "sqlite" | "postgresql" */
+                char *path;    /* sqlite */
+                char *url;     /* postgresql: libpq connection string (may hold a password) */
                 int64_t busy_timeout_ms;
-                int64_t pool_size;        /* SQLite connections for concurrent requests */
+                int64_t pool_size;        /* connections for concurrent requests */
                 int64_t sweep_interval_s; /* how often expired data is deleted */
                 int64_t cache_entries;    /* read cache slots; 0 = off */
         } store;
@@ -103,8 +105,16 @@ int config_load_string(const char *text, const char *name, struct config **ret,
 /* Frees; accepts NULL; returns NULL. */
 struct config *config_free(struct config *c);
 
+struct store_options;
+
+/* Fills *ret (include/ctxhookd/store.h) from [store]: backend, path, url, busy timeout, pool
+ * size and cache, pointing into c (which must outlive it). A caller that needs fewer
+ * connections or no cache (a one-shot command) lowers those afterwards. */
+void config_store_options(const struct config *c, struct store_options *ret);
+
 /* Writes the effective configuration as INI text, every option of the table, secrets shown
- * as "********" when set. Returns 0 or -EIO. */
+ * as "********" when set, and [store] url with its password (if any) as "********". Returns 0
+ * or -EIO. */
 int config_print(const struct config *c, FILE *out);
 
 /* Whether SIGHUP applies [section] key to a running daemon: [hook] sections, [log], [delivery]
@@ -115,8 +125,8 @@ bool config_option_live(const char *section, const char *key);
 /* For a reload: in next (a config just loaded), every option that cannot change live gets
  * running's value back, and each one that differed is one line of notes, e.g.
  * "[api] listen: "127.0.0.1:8080" → "127.0.0.1:9090" needs a restart; … stays in force"
- * (secrets are not echoed). [kafka]'s librdkafka properties count as one option. Returns how
- * many options were kept, or -ENOMEM. */
+ * (secrets are not echoed, nor the password of [store] url). [kafka]'s librdkafka properties
+ * count as one option. Returns how many options were kept, or -ENOMEM. */
 int config_keep_restart_options(struct config *next, const struct config *running,
                                 struct ch_error *notes);
 

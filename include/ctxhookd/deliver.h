@@ -7,6 +7,8 @@
 #ifndef CTXHOOKD_DELIVER_H
 #define CTXHOOKD_DELIVER_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ctxhookd/config.h"
@@ -22,6 +24,10 @@ int deliver_start(const struct config *cfg, struct store *store, struct metrics 
 
 /* New deliveries were queued: look now instead of at the next timer. Thread-safe, cheap. */
 void deliver_wake(struct deliver *d);
+
+/* Whether deliveries wait because the store cannot be reached (store_health() failed after a
+ * store call did); the reason goes to why (may be NULL) then. Thread-safe (for STATUS=). */
+bool deliver_store_unavailable(struct deliver *d, char *why, size_t why_size);
 
 /* When (CLOCK_MONOTONIC, ms) the thread last went round its loop; it does at least once a
  * second when healthy (for the watchdog). */

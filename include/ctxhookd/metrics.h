@@ -34,6 +34,8 @@ enum metrics_gauge {
         METRICS_OUTBOX_DEPTH, /* ctxhookd_outbox_depth */
         METRICS_KAFKA_LAG,    /* ctxhookd_kafka_lag (sum over assigned partitions) */
         METRICS_DEAD_LETTERS, /* ctxhookd_dead_letters */
+        /* ctxhookd_store_unavailable: 1 during a store outage (set by the service) */
+        METRICS_STORE_UNAVAILABLE,
         METRICS_GAUGE__COUNT
 };
 
@@ -70,8 +72,8 @@ void metrics_reload(struct metrics *m, enum metrics_reload_result r);
  * Families: ctxhookd_http_requests_total{code}, ctxhookd_http_request_duration_seconds
  * (histogram), ctxhookd_events_total{result}, ctxhookd_deliveries_total{hook,result},
  * ctxhookd_delivery_duration_seconds (histogram), ctxhookd_outbox_depth, ctxhookd_kafka_lag,
- * ctxhookd_dead_letters, ctxhookd_config_reloads_total{result}, ctxhookd_up,
- * ctxhookd_start_time_seconds.
+ * ctxhookd_dead_letters, ctxhookd_store_unavailable, ctxhookd_config_reloads_total{result},
+ * ctxhookd_up, ctxhookd_start_time_seconds.
  * Returns 0 or what buf_append returns. */
 int metrics_render(struct metrics *m, struct buf *out);
 

@@ -8,12 +8,22 @@
  * librdkafka password) masked and never in clear on stdout or stderr, and the masks are refused
  * when the output is fed back; CTXHOOKD_<SECTION>_<KEY> and CTXHOOKD_HOOK_<NAME>_<KEY>
  * overrides show in the printed config (and can supply a required key); bad values from the
- * environment are reported naming the variable, without echoing a secret. */
+ * environment are reported naming the variable, without echoing a secret. After a valid config,
+ * a "# store:" comment line says what the database is at, found without creating anything: a
+ * SQLite file not there yet (and its missing directory), or at its schema version; a
+ * PostgreSQL schema not created yet, then at its version (the cluster of the ctest fixture);
+ * a PostgreSQL server that cannot be reached is exit 69 (EX_UNAVAILABLE) naming the URL with
+ * its password masked, and no password ever shows on stdout or stderr. */
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include "test_pg.h"
 #include "ctxhookd/cleanup.h"
 #include "support_daemon.h"
 
@@ -28,10 +38,14 @@
 #define KAFKA_PASSWORD "kafka-pass-secret-1"
 
 static struct it_daemon d;
+static char pg_url[TEST_PG_URL_MAX + 256]; /* a test's own PostgreSQL schema, "" = none */
 
 static void teardown(void)
 {
         it_daemon_cleanup(&d);
+        if (pg_url[0])
+                test_pg_drop(pg_url);
+        pg_url[0] = '\0';
 }
 
 TestSuite(checkconfig, .fini = teardown, .timeout = 90);
@@ -412,6 +426,194 @@ Test(checkconfig, bad_environment_values_name_the_variable)
         snprintf(at, sizeof(at), "%s:9: [hook \"notes-on.end\"] bogus: ", d.conf);
         assert_problem(lines, r.err, at, "unknown key");
         assert_no_secrets(r.err, "stderr");
+        lines_free(lines);
+        it_result_free(&r);
+}
+
+/* ---- what the database says ---- */
+
+#define PG_PASSWORD "Pg-Sekr1t-77"
+
+/* The "# store: " line of check-config's stdout (without the prefix), into out. */
+static void store_line(const char *out_text, char *out, size_t size)
+{
+        const char *p = strstr(out_text, "\n# store: ");
+        size_t n;
+
+        cr_assert_not_null(p, "no \"# store:\" line in:\n%s", out_text);
+        p += strlen("\n# store: ");
+        n = strcspn(p, "\n");
+        cr_assert_lt(n, size);
+        memcpy(out, p, n);
+        out[n] = '\0';
+        cr_assert_null(strstr(p + n, "\n# store: "), "two \"# store:\" lines:\n%s", out_text);
+}
+
+static void check_config(struct it_result *r, const char *const *env)
+{
+        const char *args[] = {"check-config", "-c", d.conf, NULL};
+
+        *r = run(args, env);
+}
+
+Test(checkconfig, sqlite_file_state)
+{
+        char line[1024], want[1024], key[257];
+        struct it_result r;
+        int v1 = -1, v2 = -2;
+
+        cr_assert_eq(it_daemon_init(&d, "[store]\npath = @DIR@/ctx.db\n"), 0);
+        check_config(&r, NULL);
+        cr_assert_eq(r.code, 0, "exit %d:\n%s", r.code, r.err);
+        store_line(r.out, line, sizeof(line));
+        snprintf(want, sizeof(want),
+                 "sqlite %s/ctx.db: does not exist yet; the first ctxhookd run creates it", d.dir);
+        cr_assert_str_eq(line, want);
+        it_result_free(&r);
+        /* Checking created nothing. */
+        snprintf(want, sizeof(want), "%s/ctx.db", d.dir);
+        cr_assert_neq(access(want, F_OK), 0, "check-config created %s", want);
+
+        cr_assert_eq(it_apikey_create(&d, "1234", key), 0);
+        check_config(&r, NULL);
+        cr_assert_eq(r.code, 0, "exit %d:\n%s", r.code, r.err);
+        store_line(r.out, line, sizeof(line));
+        snprintf(want, sizeof(want), "sqlite %s/ctx.db: readable, schema version ", d.dir);
+        cr_assert_eq(strncmp(line, want, strlen(want)), 0, "%s", line);
+        cr_assert_eq(sscanf(line + strlen(want), "%d of %d", &v1, &v2), 2, "%s", line);
+        cr_assert(v1 > 0 && v1 == v2, "%s", line);
+        it_result_free(&r);
+}
+
+Test(checkconfig, sqlite_in_a_missing_directory)
+{
+        char line[1024], want[1024];
+        struct it_result r;
+
+        cr_assert_eq(it_daemon_init(&d, "[store]\npath = @DIR@/not/here.db\n"), 0);
+        check_config(&r, NULL);
+        cr_assert_eq(r.code, 0, "exit %d:\n%s", r.code, r.err);
+        store_line(r.out, line, sizeof(line));
+        snprintf(want, sizeof(want), "(nor does its directory %s/not)", d.dir);
+        cr_assert(strstr(line, want), "%s", line);
+        it_result_free(&r);
+}
+
+Test(checkconfig, postgresql_schema_state)
+{
+        _cleanup_free_ char *conf = NULL;
+        char line[2048], key[257];
+        struct it_result r;
+        int v1 = -1, v2 = -2;
+
+        cr_assert_eq(test_pg_url(pg_url, sizeof(pg_url)), 0);
+        cr_assert_gt(asprintf(&conf, "[store]\nbackend = postgresql\nurl = %s\n", pg_url), 0);
+        cr_assert_eq(it_daemon_init(&d, conf), 0);
+        check_config(&r, NULL);
+        cr_assert_eq(r.code, 0, "exit %d:\n%s", r.code, r.err);
+        assert_ini(r.out, "store", "url", pg_url);
+        store_line(r.out, line, sizeof(line));
+        cr_assert(strncmp(line, "postgresql ", 11) == 0 && strstr(line, pg_url), "%s", line);
+        cr_assert(strstr(line, ": reachable, schema not created yet: the first ctxhookd run "
+                               "creates it"),
+                  "%s", line);
+        it_result_free(&r);
+
+        /* `apikey create` opens the store (creating its tables) with the same options. */
+        cr_assert_eq(it_apikey_create(&d, "1234", key), 0);
+        check_config(&r, NULL);
+        cr_assert_eq(r.code, 0, "exit %d:\n%s", r.code, r.err);
+        store_line(r.out, line, sizeof(line));
+        cr_assert_not_null(strstr(line, ": reachable, schema version "), "%s", line);
+        cr_assert_eq(
+            sscanf(strstr(line, ": reachable, schema version ") + 28, "%d of %d", &v1, &v2), 2,
+            "%s", line);
+        cr_assert(v1 > 0 && v1 == v2, "%s", line);
+        it_result_free(&r);
+}
+
+/* A loopback port where nothing listens, kept bound (not listening) so that nobody else takes
+ * it meanwhile: connecting is refused at once. */
+static int closed_port(unsigned *ret_port)
+{
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        socklen_t len = sizeof(sa);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        cr_assert_geq(fd, 0);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        cr_assert_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+        *ret_port = ntohs(sa.sin_port);
+        return fd;
+}
+
+Test(checkconfig, unreachable_postgresql_is_exit_69_without_the_password)
+{
+        _cleanup_free_ char *conf = NULL;
+        char url[256], shown[256], line[2048];
+        const char *env[2] = {url, NULL};
+        struct it_result r;
+        unsigned port;
+        int fd = closed_port(&port);
+
+        snprintf(shown, sizeof(shown), "postgresql://ctx:********@127.0.0.1:%u/ctxhookd", port);
+        cr_assert_gt(asprintf(&conf,
+                              "[store]\nbackend = postgresql\n"
+                              "url = postgresql://ctx:" PG_PASSWORD "@127.0.0.1:%u/ctxhookd\n",
+                              port),
+                     0);
+        cr_assert_eq(it_daemon_init(&d, conf), 0);
+        check_config(&r, NULL);
+        cr_assert_eq(r.code, 69, "exit %d, want 69 (EX_UNAVAILABLE):\n%s", r.code, r.err);
+        assert_ini(r.out, "store", "url", shown);
+        store_line(r.out, line, sizeof(line));
+        cr_assert(strstr(line, shown), "the URL is not named: %s", line);
+        cr_assert(strstr(line, "refused"), "libpq's reason is missing: %s", line);
+        cr_assert(strstr(r.err, "is valid, but the store is unavailable"), "%s", r.err);
+        cr_assert(strstr(r.err, shown), "%s", r.err);
+        cr_assert_null(strstr(r.out, PG_PASSWORD), "the password is on stdout:\n%s", r.out);
+        cr_assert_null(strstr(r.err, PG_PASSWORD), "the password is on stderr:\n%s", r.err);
+        it_result_free(&r);
+
+        /* The same URL from the environment (ctxhookd.env), key=value this time. */
+        it_daemon_cleanup(&d);
+        cr_assert_eq(it_daemon_init(&d, "[store]\nbackend = postgresql\n"), 0);
+        snprintf(url, sizeof(url),
+                 "CTXHOOKD_STORE_URL=host=127.0.0.1 port=%u dbname=ctxhookd user=ctx "
+                 "password=" PG_PASSWORD,
+                 port);
+        check_config(&r, env);
+        cr_assert_eq(r.code, 69, "exit %d:\n%s", r.code, r.err);
+        snprintf(shown, sizeof(shown),
+                 "host=127.0.0.1 port=%u dbname=ctxhookd user=ctx password=********", port);
+        assert_ini(r.out, "store", "url", shown);
+        store_line(r.out, line, sizeof(line));
+        cr_assert(strstr(line, shown), "the URL is not named: %s", line);
+        cr_assert_null(strstr(r.out, PG_PASSWORD), "the password is on stdout:\n%s", r.out);
+        cr_assert_null(strstr(r.err, PG_PASSWORD), "the password is on stderr:\n%s", r.err);
+        it_result_free(&r);
+        close(fd);
+}
+
+Test(checkconfig, bad_postgresql_url_is_a_config_error)
+{
+        const char *file;
+        struct it_result r;
+        char **lines, prefix[IT_PATH_MAX + 64];
+
+        cr_assert_eq(it_daemon_init(&d, "[store]\n"
+                                        "backend = postgresql\n"
+                                        "url = postgresql://ctx:" PG_PASSWORD "@[::1/ctxhookd\n"),
+                     0);
+        file = d.conf;
+        check_config(&r, NULL);
+        cr_assert_eq(r.code, 78, "exit %d:\n%s", r.code, r.err);
+        cr_assert_eq(r.out_len, 0, "%s", r.out);
+        lines = err_lines(r.err);
+        snprintf(prefix, sizeof(prefix), "%s:3: [store] url: ", file);
+        assert_problem(lines, r.err, prefix, "not a PostgreSQL connection string");
+        cr_assert_null(strstr(r.err, PG_PASSWORD), "the password is on stderr:\n%s", r.err);
         lines_free(lines);
         it_result_free(&r);
 }
