@@ -747,17 +747,21 @@ int store_outbox_claim(struct store *s, int64_t now_ms, int64_t lease_ms, size_t
         return s->ops->outbox_claim(s->impl, now_ms, lease_ms, limit, ret, ret_n);
 }
 
+void store_delivery_clear(struct store_delivery *d)
+{
+        free(d->hook);
+        free(d->account);
+        free(d->conversation);
+        free(d->webhook_id);
+        free(d->body);
+}
+
 void store_deliveries_free(struct store_delivery *d, size_t n)
 {
         if (!d)
                 return;
-        for (size_t i = 0; i < n; i++) {
-                free(d[i].hook);
-                free(d[i].account);
-                free(d[i].conversation);
-                free(d[i].webhook_id);
-                free(d[i].body);
-        }
+        for (size_t i = 0; i < n; i++)
+                store_delivery_clear(&d[i]);
         free(d);
 }
 
@@ -924,4 +928,87 @@ json_t *store_json_lossy(const char *p, size_t len)
                 i += n;
         }
         return json_stringn(out, o);
+}
+
+json_t *store_ns_item(const char *name, size_t name_len, int64_t created_ms, int64_t ttl_s)
+{
+        char created[32];
+        json_t *o;
+
+        store_format_time(created_ms, created);
+        o = json_pack("{s:s%, s:s}", "name", name, name_len, "createdAt", created);
+        if (o && ttl_s > 0 && json_object_set_new(o, "ttlSecond", json_integer(ttl_s)) < 0)
+                o = (json_decref(o), NULL);
+        return o;
+}
+
+json_t *store_session_item(const char *sid, size_t sid_len, int64_t created_ms, int64_t ttl_s)
+{
+        char created[32];
+
+        store_format_time(created_ms, created);
+        return json_pack("{s:s%, s:s, s:I}", "sessionId", sid, sid_len, "createdAt", created,
+                         "ttlSecond", (json_int_t)ttl_s);
+}
+
+json_t *store_dead_item(int64_t id, const char *source, size_t source_len, const char *reason,
+                        size_t reason_len, int64_t received_ms, const char *raw, size_t raw_len)
+{
+        char received[32];
+        json_t *o = json_object();
+        int rc = 0;
+
+        if (!o)
+                return NULL;
+        /* Members in the documented order. */
+        store_format_time(received_ms, received);
+        rc |= json_object_set_new(o, "id", json_integer(id));
+        rc |= json_object_set_new(o, "source", store_json_lossy(source, source_len));
+        rc |= json_object_set_new(o, "reason", store_json_lossy(reason, reason_len));
+        rc |= json_object_set_new(o, "received", json_string(received));
+        rc |= json_object_set_new(o, "raw", store_json_lossy(raw, raw_len));
+        if (rc != 0) {
+                json_decref(o);
+                return NULL;
+        }
+        return o;
+}
+
+void store_dead_row_clear(struct store_dead_row *r)
+{
+        free(r->source);
+        free(r->raw);
+        free(r->hook);
+        free(r->account);
+        free(r->conversation);
+        free(r->webhook_id);
+        free(r->clear_namespaces);
+        *r = (struct store_dead_row){0};
+}
+
+int store_each_namespace(const char *clear_namespaces, int (*fn)(const char *ns, void *ctx),
+                         void *ctx)
+{
+        json_t *list = json_loads(clear_namespaces, 0, NULL), *ns;
+        size_t i;
+        int rc = 0;
+
+        if (!json_is_array(list)) {
+                json_decref(list);
+                return -EIO;
+        }
+        json_array_foreach(list, i, ns)
+        {
+                const char *name = json_string_value(ns);
+
+                if (!name || strlen(name) > STORE_NAMESPACE_MAX) {
+                        rc = -EIO;
+                        break;
+                }
+                rc = fn(name, ctx);
+                if (rc < 0)
+                        break;
+        }
+        json_decref(list);
+        return rc;
 }

@@ -142,4 +142,37 @@ bool store_etag_matches(const char *if_match, const char *etag);
  * dead letters, whose raw bytes may be anything. NULL when out of memory. */
 json_t *store_json_lossy(const char *p, size_t len);
 
+/* ---- Pieces every backend shares: the JSON shapes of store.h and what a redrive reads ---- */
+
+/* {"name": …, "createdAt": …, "ttlSecond": ttl_s} (ttlSecond only when ttl_s > 0). */
+json_t *store_ns_item(const char *name, size_t name_len, int64_t created_ms, int64_t ttl_s);
+
+/* {"sessionId": …, "createdAt": …, "ttlSecond": ttl_s}, as store_session_list gives it. */
+json_t *store_session_item(const char *sid, size_t sid_len, int64_t created_ms, int64_t ttl_s);
+
+/* A dead letter as store_dead_list gives it; source, reason and raw may be any bytes. */
+json_t *store_dead_item(int64_t id, const char *source, size_t source_len, const char *reason,
+                        size_t reason_len, int64_t received_ms, const char *raw, size_t raw_len);
+
+/* Frees the strings of one claimed delivery (not d itself). */
+void store_delivery_clear(struct store_delivery *d);
+
+/* What a redrive takes out of a dead letter. */
+struct store_dead_row {
+        bool delivery;
+        char *source;
+        char *raw;
+        size_t raw_len;
+        char *hook, *account, *conversation, *webhook_id, *clear_namespaces;
+};
+
+/* Frees what r holds and zeroes it. */
+void store_dead_row_clear(struct store_dead_row *r);
+
+/* Calls fn(name, ctx) for each namespace of a delivery's clear_namespaces (a JSON array that
+ * store.c checked on the way in), stopping at the first negative return. -EIO when the text is
+ * not such an array (corrupted). */
+int store_each_namespace(const char *clear_namespaces, int (*fn)(const char *ns, void *ctx),
+                         void *ctx);
+
 #endif

@@ -1387,15 +1387,10 @@ static int pg_ns_list(void *impl, const char *account, json_t **ret_array)
         if (!a)
                 return -ENOMEM;
         for (int i = 0; i < PQntuples(res); i++) {
-                char created[32];
-                json_t *o;
+                /* A NULL TTL reads as 0: none. */
+                json_t *o = store_ns_item(PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
+                                          col_i64(res, i, 1), col_i64(res, i, 2));
 
-                store_format_time(col_i64(res, i, 1), created);
-                o = json_pack("{s:s%, s:s}", "name", PQgetvalue(res, i, 0),
-                              (size_t)PQgetlength(res, i, 0), "createdAt", created);
-                if (o && !PQgetisnull(res, i, 2) && col_i64(res, i, 2) > 0 &&
-                    json_object_set_new(o, "ttlSecond", json_integer(col_i64(res, i, 2))) < 0)
-                        o = (json_decref(o), NULL);
                 if (!o || json_array_append_new(a, o) < 0) {
                         json_decref(a);
                         return -ENOMEM;
@@ -1739,11 +1734,7 @@ static int page_item(struct conn *c, const PGresult *res, int row, const char *a
         if (shape == PAGE_IDS) {
                 item = json_stringn(sid, sid_len);
         } else if (shape == PAGE_LIST) {
-                char created[32];
-
-                store_format_time(col_i64(res, row, 1), created);
-                item = json_pack("{s:s%, s:s, s:I}", "sessionId", sid, sid_len, "createdAt",
-                                 created, "ttlSecond", (json_int_t)col_i64(res, row, 2));
+                item = store_session_item(sid, sid_len, col_i64(res, row, 1), col_i64(res, row, 2));
         } else {
                 struct session_row sess = {.exists = true, .ttl_s = col_i64(res, row, 2)};
                 json_t *props = json_object();
@@ -2114,15 +2105,6 @@ static int pg_outbox_enqueue_many(void *impl, const struct store_message *msgs, 
         return rc;
 }
 
-static void delivery_clear(struct store_delivery *d)
-{
-        free(d->hook);
-        free(d->account);
-        free(d->conversation);
-        free(d->webhook_id);
-        free(d->body);
-}
-
 struct claimed {
         struct store_delivery d;
         int64_t ready;
@@ -2181,7 +2163,7 @@ static int claim_tx(struct conn *c, int64_t now_ms, int64_t lease_ms, size_t lim
                         rc = -EIO;
                 if (rc < 0) {
                         for (int j = 0; j <= i; j++)
-                                delivery_clear(&rows[j].d);
+                                store_delivery_clear(&rows[j].d);
                         free(d);
                         return rc;
                 }
@@ -2256,32 +2238,26 @@ static int outbox_remove(struct conn *c, int64_t id, struct outbox_row *ret)
         return 0;
 }
 
-/* Deletes the properties of the delivery's conversation in each namespace of the JSON array,
- * as store_props_clear() does. */
+struct clearing {
+        struct conn *c;
+        const struct outbox_row *row;
+        int64_t now_ms;
+};
+
+static int clear_one(const char *ns, void *ctx)
+{
+        struct clearing *cl = ctx;
+
+        return props_clear_tx(cl->c, cl->row->account, ns, cl->row->conversation, NULL, cl->now_ms);
+}
+
+/* Deletes the properties of the delivery's conversation in each namespace of its
+ * clear_namespaces, as store_props_clear() does. */
 static int clear_sessions(struct conn *c, const struct outbox_row *row, int64_t now_ms)
 {
-        json_t *list = json_loads(row->clear_namespaces, 0, NULL), *ns;
-        size_t i;
-        int rc = 0;
+        struct clearing cl = {.c = c, .row = row, .now_ms = now_ms};
 
-        if (!json_is_array(list)) {
-                json_decref(list);
-                return -EIO; /* store.c let only arrays in: corrupted */
-        }
-        json_array_foreach(list, i, ns)
-        {
-                const char *name = json_string_value(ns);
-
-                if (!name || strlen(name) > STORE_NAMESPACE_MAX) {
-                        rc = -EIO;
-                        break;
-                }
-                rc = props_clear_tx(c, row->account, name, row->conversation, NULL, now_ms);
-                if (rc < 0)
-                        break;
-        }
-        json_decref(list);
-        return rc;
+        return store_each_namespace(row->clear_namespaces, clear_one, &cl);
 }
 
 static int done_tx(struct conn *c, int64_t id, int64_t now_ms, bool *ret_cleared)
@@ -2387,35 +2363,17 @@ static int pg_outbox_next_due(void *impl, int64_t *ret_ms)
 
 /* ---- Dead letters ---- */
 
-static json_t *col_json(const PGresult *res, int row, int col)
-{
-        _cleanup_free_ char *bytes = NULL;
-        size_t len = 0;
-
-        if (col_dup(res, row, col, true, &bytes, &len) < 0 || !bytes)
-                return NULL;
-        return store_json_lossy(bytes, len);
-}
-
 static json_t *dead_item(const PGresult *res, int row)
 {
-        char received[32];
-        json_t *o = json_object();
-        int rc = 0;
+        _cleanup_free_ char *source = NULL, *reason = NULL, *raw = NULL;
+        size_t source_len = 0, reason_len = 0, raw_len = 0;
 
-        if (!o)
+        if (col_dup(res, row, 1, true, &source, &source_len) < 0 ||
+            col_dup(res, row, 2, true, &reason, &reason_len) < 0 ||
+            col_dup(res, row, 4, true, &raw, &raw_len) < 0)
                 return NULL;
-        store_format_time(col_i64(res, row, 3), received);
-        rc |= json_object_set_new(o, "id", json_integer(col_i64(res, row, 0)));
-        rc |= json_object_set_new(o, "source", col_json(res, row, 1));
-        rc |= json_object_set_new(o, "reason", col_json(res, row, 2));
-        rc |= json_object_set_new(o, "received", json_string(received));
-        rc |= json_object_set_new(o, "raw", col_json(res, row, 4));
-        if (rc != 0) {
-                json_decref(o);
-                return NULL;
-        }
-        return o;
+        return store_dead_item(col_i64(res, row, 0), source, source_len, reason, reason_len,
+                               col_i64(res, row, 3), raw, raw_len);
 }
 
 static int pg_dead_list(void *impl, int64_t after_id, int64_t limit, json_t **ret_array)
@@ -2451,33 +2409,12 @@ static int pg_dead_count(void *impl, int64_t *ret)
         return rc == -ENOENT ? -EIO : rc;
 }
 
-/* What a redrive takes out of a dead letter. */
-struct dead_row {
-        bool delivery;
-        char *source;
-        char *raw;
-        size_t raw_len;
-        char *hook, *account, *conversation, *webhook_id, *clear_namespaces;
-};
-
-static void dead_row_clear(struct dead_row *r)
-{
-        free(r->source);
-        free(r->raw);
-        free(r->hook);
-        free(r->account);
-        free(r->conversation);
-        free(r->webhook_id);
-        free(r->clear_namespaces);
-        *r = (struct dead_row){0};
-}
-
-static int dead_load(struct conn *c, int64_t id, struct dead_row *r)
+static int dead_load(struct conn *c, int64_t id, struct store_dead_row *r)
 {
         _cleanup_result_ PGresult *res = NULL;
         int rc;
 
-        dead_row_clear(r);
+        store_dead_row_clear(r);
         rc = q(c, ST_DL_ROW, &res, "i", id);
         if (rc < 0)
                 return rc;
@@ -2506,7 +2443,7 @@ static int dead_load(struct conn *c, int64_t id, struct dead_row *r)
 }
 
 /* Returns 1 for a delivery queued again (its dead letter deleted), 0 for an event left in *r. */
-static int redrive_tx(struct conn *c, int64_t id, int64_t now_ms, struct dead_row *r)
+static int redrive_tx(struct conn *c, int64_t id, int64_t now_ms, struct store_dead_row *r)
 {
         int rc;
 
@@ -2526,7 +2463,7 @@ static int pg_dead_redrive(void *impl, int64_t id, int64_t now_ms, char **ret_ra
                            size_t *ret_raw_len, char **ret_source)
 {
         CONN(impl);
-        struct dead_row r = {0};
+        struct store_dead_row r = {0};
         int rc;
 
         IN_TX(c, TX_WRITE, rc, redrive_tx(c, id, now_ms, &r));
@@ -2535,7 +2472,7 @@ static int pg_dead_redrive(void *impl, int64_t id, int64_t now_ms, char **ret_ra
                 *ret_raw_len = r.raw_len;
                 *ret_source = TAKE_PTR(r.source);
         }
-        dead_row_clear(&r);
+        store_dead_row_clear(&r);
         return rc;
 }
 

@@ -948,8 +948,7 @@ static int sqlite_open(const struct store_options *opts, void **ret_impl, struct
         return 0;
 }
 
-static int sqlite_probe(const struct store_options *opts, int *ret_version,
-                        struct ch_error *err)
+static int sqlite_probe(const struct store_options *opts, int *ret_version, struct ch_error *err)
 {
         sqlite3 *db = NULL;
         int rc, version = 0;
@@ -1075,19 +1074,14 @@ static int sqlite_ns_list(void *impl, const char *account, json_t **ret_array)
         if (!a)
                 return -ENOMEM;
         for (;;) {
-                char created[32];
                 json_t *o;
 
                 rc = step(st);
                 if (rc <= 0)
                         break;
-                store_format_time(sqlite3_column_int64(st, 1), created);
-                o = json_pack("{s:s%, s:s}", "name", (const char *)sqlite3_column_text(st, 0),
-                              (size_t)sqlite3_column_bytes(st, 0), "createdAt", created);
-                if (o && sqlite3_column_int64(st, 2) > 0 &&
-                    json_object_set_new(o, "ttlSecond", json_integer(sqlite3_column_int64(st, 2))) <
-                        0)
-                        o = (json_decref(o), NULL);
+                o = store_ns_item((const char *)sqlite3_column_text(st, 0),
+                                  (size_t)sqlite3_column_bytes(st, 0), sqlite3_column_int64(st, 1),
+                                  sqlite3_column_int64(st, 2));
                 if (!o || json_array_append_new(a, o) < 0) {
                         rc = -ENOMEM;
                         break;
@@ -1445,11 +1439,8 @@ static int page_item(struct conn *c, sqlite3_stmt *st, const char *account, cons
         if (shape == PAGE_IDS) {
                 item = json_stringn(sid, sid_len);
         } else if (shape == PAGE_LIST) {
-                char created[32];
-
-                store_format_time(sqlite3_column_int64(st, 1), created);
-                item = json_pack("{s:s%, s:s, s:I}", "sessionId", sid, sid_len, "createdAt",
-                                 created, "ttlSecond", (json_int_t)sqlite3_column_int64(st, 2));
+                item = store_session_item(sid, sid_len, sqlite3_column_int64(st, 1),
+                                          sqlite3_column_int64(st, 2));
         } else {
                 struct session_row sess = {.exists = true, .ttl_s = sqlite3_column_int64(st, 2)};
                 json_t *props = json_object();
@@ -1844,15 +1835,6 @@ static int sqlite_outbox_enqueue_many(void *impl, const struct store_message *ms
         return write_end(c, enqueue_many_tx(c, msgs, n, now_ms, results));
 }
 
-static void delivery_clear(struct store_delivery *d)
-{
-        free(d->hook);
-        free(d->account);
-        free(d->conversation);
-        free(d->webhook_id);
-        free(d->body);
-}
-
 /* Copies the claim statement's current row into *d. */
 static int delivery_load(sqlite3_stmt *st, struct store_delivery *d)
 {
@@ -1875,7 +1857,7 @@ static int delivery_load(sqlite3_stmt *st, struct store_delivery *d)
         if (rc >= 0 && (!d->hook || !d->account || !d->conversation || !d->webhook_id || !d->body))
                 rc = -EIO; /* NOT NULL columns: corrupted */
         if (rc < 0)
-                delivery_clear(d);
+                store_delivery_clear(d);
         return rc;
 }
 
@@ -1936,7 +1918,7 @@ static int sqlite_outbox_claim(void *impl, int64_t now_ms, int64_t lease_ms, siz
         rc = write_end(c, claim_tx(c, now_ms, lease_ms, limit, &d, &n));
         if (rc < 0) {
                 for (size_t i = 0; i < n; i++)
-                        delivery_clear(&d[i]);
+                        store_delivery_clear(&d[i]);
                 free(d);
                 return rc;
         }
@@ -1992,32 +1974,27 @@ static int outbox_remove(struct conn *c, int64_t id, struct outbox_row *ret)
         return 0;
 }
 
-/* Deletes the properties of the delivery's conversation in each namespace of the JSON array
- * clear, as store_props_clear() does (the session and its TTL stay, its ETag changes). */
+struct clearing {
+        struct conn *c;
+        const struct outbox_row *row;
+        int64_t now_ms;
+};
+
+static int clear_one(const char *ns, void *ctx)
+{
+        struct clearing *cl = ctx;
+
+        return props_clear_tx(cl->c, cl->row->account, ns, cl->row->conversation, NULL, cl->now_ms);
+}
+
+/* Deletes the properties of the delivery's conversation in each namespace of its
+ * clear_namespaces, as store_props_clear() does (the session and its TTL stay, its ETag
+ * changes). */
 static int clear_sessions(struct conn *c, const struct outbox_row *row, int64_t now_ms)
 {
-        json_t *list = json_loads(row->clear_namespaces, 0, NULL), *ns;
-        size_t i;
-        int rc = 0;
+        struct clearing cl = {.c = c, .row = row, .now_ms = now_ms};
 
-        if (!json_is_array(list)) {
-                json_decref(list);
-                return -EIO; /* store.c let only arrays in: corrupted */
-        }
-        json_array_foreach(list, i, ns)
-        {
-                const char *name = json_string_value(ns);
-
-                if (!name || strlen(name) > STORE_NAMESPACE_MAX) {
-                        rc = -EIO;
-                        break;
-                }
-                rc = props_clear_tx(c, row->account, name, row->conversation, NULL, now_ms);
-                if (rc < 0)
-                        break;
-        }
-        json_decref(list);
-        return rc;
+        return store_each_namespace(row->clear_namespaces, clear_one, &cl);
 }
 
 static int done_tx(struct conn *c, int64_t id, int64_t now_ms, bool *ret_cleared)
@@ -2124,37 +2101,6 @@ static int sqlite_outbox_next_due(void *impl, int64_t *ret_ms)
 
 /* ---- Dead letters ---- */
 
-static json_t *column_json(sqlite3_stmt *st, int col)
-{
-        const void *p = sqlite3_column_blob(st, col);
-
-        return store_json_lossy(p, (size_t)sqlite3_column_bytes(st, col));
-}
-
-/* The dead letter the list statement is positioned on, as a JSON object with its members in
- * the documented order. Texts go through store_json_lossy(): raw may be any bytes, and source
- * and reason are whatever the caller gave. */
-static json_t *dead_item(sqlite3_stmt *st)
-{
-        char received[32];
-        json_t *o = json_object();
-        int rc = 0;
-
-        if (!o)
-                return NULL;
-        store_format_time(sqlite3_column_int64(st, 3), received);
-        rc |= json_object_set_new(o, "id", json_integer(sqlite3_column_int64(st, 0)));
-        rc |= json_object_set_new(o, "source", column_json(st, 1));
-        rc |= json_object_set_new(o, "reason", column_json(st, 2));
-        rc |= json_object_set_new(o, "received", json_string(received));
-        rc |= json_object_set_new(o, "raw", column_json(st, 4));
-        if (rc != 0) {
-                json_decref(o);
-                return NULL;
-        }
-        return o;
-}
-
 static int sqlite_dead_list(void *impl, int64_t after_id, int64_t limit, json_t **ret_array)
 {
         _cleanup_conn_ struct conn *c = conn_get(impl);
@@ -2174,7 +2120,11 @@ static int sqlite_dead_list(void *impl, int64_t after_id, int64_t limit, json_t 
                 rc = step(st);
                 if (rc <= 0)
                         break;
-                o = dead_item(st);
+                o = store_dead_item(sqlite3_column_int64(st, 0), sqlite3_column_blob(st, 1),
+                                    (size_t)sqlite3_column_bytes(st, 1), sqlite3_column_blob(st, 2),
+                                    (size_t)sqlite3_column_bytes(st, 2),
+                                    sqlite3_column_int64(st, 3), sqlite3_column_blob(st, 4),
+                                    (size_t)sqlite3_column_bytes(st, 4));
                 if (!o || json_array_append_new(a, o) < 0) {
                         rc = -ENOMEM;
                         break;
@@ -2195,28 +2145,7 @@ static int sqlite_dead_count(void *impl, int64_t *ret)
         return rc == -ENOENT ? -EIO : rc;
 }
 
-/* What a redrive takes out of a dead letter. */
-struct dead_row {
-        bool delivery;
-        char *source;
-        char *raw;
-        size_t raw_len;
-        char *hook, *account, *conversation, *webhook_id, *clear_namespaces;
-};
-
-static void dead_row_clear(struct dead_row *r)
-{
-        free(r->source);
-        free(r->raw);
-        free(r->hook);
-        free(r->account);
-        free(r->conversation);
-        free(r->webhook_id);
-        free(r->clear_namespaces);
-        *r = (struct dead_row){0};
-}
-
-static int dead_load(struct conn *c, int64_t id, struct dead_row *r)
+static int dead_load(struct conn *c, int64_t id, struct store_dead_row *r)
 {
         _cleanup_reset_ sqlite3_stmt *st = c->st[ST_DL_ROW];
         const char *kind;
@@ -2252,7 +2181,7 @@ static int dead_load(struct conn *c, int64_t id, struct dead_row *r)
 /* Returns 1 for a delivery queued again (its dead letter deleted), 0 for an event left in *r
  * for the caller; an event's dead letter stays until the caller has processed it again and
  * deletes it (store.h). */
-static int redrive_tx(struct conn *c, int64_t id, int64_t now_ms, struct dead_row *r)
+static int redrive_tx(struct conn *c, int64_t id, int64_t now_ms, struct store_dead_row *r)
 {
         sqlite3_stmt *st = c->st[ST_DL_DEL];
         int rc;
@@ -2274,7 +2203,7 @@ static int sqlite_dead_redrive(void *impl, int64_t id, int64_t now_ms, char **re
                                size_t *ret_raw_len, char **ret_source)
 {
         _cleanup_conn_ struct conn *c = conn_get(impl);
-        struct dead_row r = {0};
+        struct store_dead_row r = {0};
         int rc;
 
         rc = write_begin(c);
@@ -2286,7 +2215,7 @@ static int sqlite_dead_redrive(void *impl, int64_t id, int64_t now_ms, char **re
                 *ret_raw_len = r.raw_len;
                 *ret_source = TAKE_PTR(r.source);
         }
-        dead_row_clear(&r);
+        store_dead_row_clear(&r);
         return rc;
 }
 
