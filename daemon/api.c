@@ -896,18 +896,34 @@ static enum MHD_Result answer_unready(struct call *c, const char *reason_what,
             message);
 }
 
+/* /readyz: ready when the store answers and the service says so (Kafka partitions assigned).
+ * /readyz?scope=api: ready when the store answers, whatever Kafka does: what a load balancer in
+ * front of several instances checks, since a consumer group rebalance leaves every instance
+ * without partitions for a while (and one instance more than there are partitions, for good)
+ * while all of them serve the Context API. */
 static enum MHD_Result get_readyz(struct call *c)
 {
         static const char ready[] = "{\"status\":\"ready\"}";
 
+        const char *scope = MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, "scope");
         char why[512] = "";
         int r;
+
+        if (scope && strcmp(scope, "api") != 0) {
+                char shown[SHOW_MAX];
+
+                printable(scope, strlen(scope), shown, sizeof(shown));
+                return answer_error(c, MHD_HTTP_BAD_REQUEST,
+                                    "query parameter scope must be 'api' (the Context API only) "
+                                    "or absent (the whole daemon), got '%s'",
+                                    shown);
+        }
 
         r = store_health(c->api->store, why, sizeof(why));
         if (r < 0)
                 return answer_unready(
                     c, "store: ", "store unavailable: ", why[0] ? why : strerror(-r));
-        if (c->api->ready && !c->api->ready(c->api->ready_ctx, why, sizeof(why)))
+        if (!scope && c->api->ready && !c->api->ready(c->api->ready_ctx, why, sizeof(why)))
                 return answer_unready(c, "", "not ready: ", why);
         return answer(c, MHD_HTTP_OK,
                       make_response(sizeof(ready) - 1, (void *)ready, MHD_RESPMEM_PERSISTENT,

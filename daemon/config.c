@@ -153,7 +153,9 @@ static const struct option options[] = {
         "largest request body accepted; bigger ones get 413"),
     SECRET("api", "admin_token", api.admin_token, 16, 1024,
            "bearer token of the /admin endpoints, at least 16 characters; empty = disabled"),
-    INT("api", "threads", api.threads, 0, 64, NULL, "0", "HTTP worker threads; 0 = one per CPU"),
+    INT("api", "threads", api.threads, 0, 64, NULL, "0",
+        "HTTP worker threads; 0 = one per CPU (postgresql: [store] pool_size, at least one per "
+        "CPU)"),
     INT("api", "max_connections", api.max_connections, 1, 65536, NULL, "1024",
         "concurrent client connections; more are refused"),
     INT("api", "connection_timeout_s", api.connection_timeout_s, 1, 3600, "seconds", "30",

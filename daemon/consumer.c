@@ -686,18 +686,16 @@ static void batch_process(struct consumer *c)
 
 /* ---- the thread ---- */
 
+/* Leaves the group. The final offsets are committed by close itself: the revoke it triggers
+ * commits in on_rebalance, and enable.auto.commit commits what is stored. No commit of our own
+ * before it: a synchronous commit while the group is rebalancing (another instance just left)
+ * fails with "rebalance in progress" and leaves librdkafka mid-assignment, after which close
+ * hung in the revoke's assign or aborted on its !assignment_in_progress assertion (seen in 3 of
+ * 10 runs of it_multi; the same assertion as librdkafka issue #4792). */
 static void shut_down(struct consumer *c)
 {
         rd_kafka_resp_err_t e;
 
-        if (!c->fatal_seen) {
-                e = rd_kafka_commit(c->rk, NULL, 0);
-                if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET)
-                        log_warning("kafka: committing the final offsets failed: %s; some "
-                                    "messages will be read again after a restart (they are "
-                                    "deduplicated)",
-                                    rd_kafka_err2str(e));
-        }
         e = rd_kafka_consumer_close(c->rk);
         if (e && !c->fatal_seen)
                 log_warning("kafka: closing the consumer failed: %s", rd_kafka_err2str(e));

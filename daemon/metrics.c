@@ -19,7 +19,8 @@ static const double duration_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025
                                           1,      2.5,     5,      10};
 #define N_BUCKETS (sizeof(duration_buckets) / sizeof(duration_buckets[0]))
 
-static const char *const event_results[METRICS_EVENT__COUNT] = {"queued", "ignored", "dead"};
+static const char *const event_results[METRICS_EVENT__COUNT] = {"queued", "ignored", "dead",
+                                                                "duplicate"};
 static const char *const delivery_results[METRICS_DELIVERY__COUNT] = {"delivered", "retry", "dead"};
 static const char *const reload_results[METRICS_RELOAD__COUNT] = {"applied", "refused"};
 static const char *const gauge_names[METRICS_GAUGE__COUNT] = {
@@ -260,7 +261,7 @@ int metrics_render(struct metrics *m, struct buf *out)
         if (r == 0)
                 r = render_by_result(out, "ctxhookd_events_total",
                                      "Conversation events by outcome (dead: messages that became "
-                                     "dead letters).",
+                                     "dead letters; duplicate: messages recorded before).",
                                      event_results, m->events, METRICS_EVENT__COUNT);
         if (r == 0)
                 r = buf_append_str(out, "# HELP ctxhookd_deliveries_total Webhook delivery "

@@ -395,6 +395,8 @@ static int store_built(struct pipeline *p, const struct pipeline_message *msgs, 
                 if (results[i] == -EEXIST) {
                         memset(res, 0, sizeof(*res));
                         res->duplicate = true;
+                        if (p->metrics)
+                                metrics_event(p->metrics, METRICS_EVENT_DUPLICATE, 1);
                 } else {
                         count(p, res);
                 }

@@ -1561,6 +1561,14 @@ Test(api, readyz_asks_the_service)
         assert_error(&r, 503, "not ready: no Kafka partitions assigned yet", "readyz");
         r = http(&(struct req){.method = "GET", .path = "/healthz"});
         cr_assert_eq(r.status, 200);
+        /* A load balancer's check: the Context API answers, whatever Kafka does. */
+        r = http(&(struct req){.method = "GET", .path = "/readyz?scope=api"});
+        assert_json_eq(&r, "{\"status\":\"ready\"}", "readyz?scope=api");
+        r = http(&(struct req){.method = "GET", .path = "/readyz?scope=kafka"});
+        assert_error(&r, 400,
+                     "query parameter scope must be 'api' (the Context API only) or absent (the "
+                     "whole daemon), got 'kafka'",
+                     "readyz?scope=kafka");
 }
 
 /* ---- event ingest: POST /v1/account/{acct}/events ---- */

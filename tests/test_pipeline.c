@@ -280,6 +280,13 @@ Test(pipeline, a_message_seen_twice_is_queued_once)
         int64_t n = 0;
         cr_assert_eq(store_dead_count(st, &n), 0);
         cr_assert_eq(n, 1);
+        /* Skipped, but not silently: both second copies are counted. */
+        struct buf out;
+        buf_init(&out, 1 << 20);
+        cr_assert_eq(metrics_render(metrics, &out), 0);
+        cr_assert(strstr(out.data, "\nctxhookd_events_total{result=\"duplicate\"} 2\n"), "%s",
+                  out.data);
+        buf_free(&out);
 }
 
 Test(pipeline, build_writes_nothing_and_is_deterministic)

@@ -20,6 +20,9 @@ enum metrics_event_result {
         METRICS_EVENT_QUEUED,  /* an event that queued at least one delivery */
         METRICS_EVENT_IGNORED, /* an event no hook wanted */
         METRICS_EVENT_DEAD,    /* a message that became a dead letter */
+        /* a message recorded before (its dedup key: a redelivery after a rebalance or a
+         * restart, or an offset that a recreated topic reused), so nothing was queued */
+        METRICS_EVENT_DUPLICATE,
         METRICS_EVENT__COUNT
 };
 

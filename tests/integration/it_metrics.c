@@ -731,8 +731,8 @@ Test(metrics, fresh_daemon_and_one_scrape)
                      "requests counted before the first one:\n%s", t1);
         cr_assert_eq(need(a, "ctxhookd_http_request_duration_seconds_count", NULL), 0);
         cr_assert_eq(need(a, "ctxhookd_http_request_duration_seconds_bucket", L("le", "+Inf")), 0);
-        for (size_t i = 0; i < 3; i++) {
-                static const char *const results[] = {"queued", "ignored", "dead"};
+        for (size_t i = 0; i < 4; i++) {
+                static const char *const results[] = {"queued", "ignored", "dead", "duplicate"};
 
                 cr_assert_eq(need(a, "ctxhookd_events_total", L("result", results[i])), 0);
         }
