@@ -84,6 +84,10 @@ struct api {
         char start_error[256];
         struct api_worker workers[API_WORKERS_MAX];
         atomic_uint n_workers; /* slots taken by MHD's threads as they first call us */
+        /* The 5xx log's rate limit (error_log_allowed). */
+        _Atomic int64_t errors_second; /* CLOCK_MONOTONIC_COARSE second being counted */
+        atomic_uint errors_in_second;  /* 5xx answers in it so far */
+        atomic_uint errors_dropped;    /* 5xx answers not logged since the last one logged */
 };
 
 /* Per connection (allocated when MHD accepts it), reused by each request on it, so the
@@ -184,8 +188,33 @@ static const char *header(struct call *c, const char *name)
 
 /* ---- answering ---- */
 
-/* Queues resp (taking it) with status, counts the request and logs a 5xx with why. A NULL
- * resp means building it failed: the connection is dropped (MHD_NO). */
+/* 5xx answers logged per second at most: a database outage under a load balancer's traffic
+ * writes a few lines a second rather than one per request (the outage itself is logged once by
+ * the consumer and the deliverer). */
+#define ERRORS_LOGGED_PER_S 10
+
+/* Whether a 5xx may be logged now; *ret_dropped gets how many were not logged since the last one
+ * that was. Counted per second of the coarse monotonic clock; the counters are shared by the
+ * worker threads without a lock, so the limit is approximate, never the count of what was
+ * dropped. */
+static bool error_log_allowed(struct api *a, unsigned *ret_dropped)
+{
+        int64_t second = clock_ms(CLOCK_MONOTONIC_COARSE) / 1000;
+        int64_t seen = atomic_load(&a->errors_second);
+
+        if (second != seen && atomic_compare_exchange_strong(&a->errors_second, &seen, second))
+                atomic_store(&a->errors_in_second, 0);
+        if (atomic_fetch_add(&a->errors_in_second, 1) >= ERRORS_LOGGED_PER_S) {
+                atomic_fetch_add(&a->errors_dropped, 1);
+                return false;
+        }
+        *ret_dropped = atomic_exchange(&a->errors_dropped, 0);
+        return true;
+}
+
+/* Queues resp (taking it) with status, counts the request and logs a 5xx with why (at most
+ * ERRORS_LOGGED_PER_S a second). A NULL resp means building it failed: the connection is
+ * dropped (MHD_NO). */
 static enum MHD_Result answer(struct call *c, unsigned status, struct MHD_Response *resp,
                               const char *why)
 {
@@ -201,12 +230,18 @@ static enum MHD_Result answer(struct call *c, unsigned status, struct MHD_Respon
                 MHD_destroy_response(resp);
         }
         metrics_http_request(c->api->metrics, status, seconds_since(&c->start));
-        if (status >= 500 && !c->not_ready) {
-                char method[32], path[SHOW_MAX];
+        unsigned dropped = 0;
+
+        if (status >= 500 && !c->not_ready && error_log_allowed(c->api, &dropped)) {
+                char method[32], path[SHOW_MAX], more[96] = "";
 
                 printable(c->method, strlen(c->method), method, sizeof(method));
                 printable(c->url, strlen(c->url), path, sizeof(path));
-                log_error("%s %s: %u %s", method, path, status, why ? why : "");
+                if (dropped > 0)
+                        snprintf(more, sizeof(more),
+                                 " (%u more 5xx answers were not logged: at most %d a second)",
+                                 dropped, ERRORS_LOGGED_PER_S);
+                log_error("%s %s: %u %s%s", method, path, status, why ? why : "", more);
         }
         c->result = r;
         return r;

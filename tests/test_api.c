@@ -1942,6 +1942,50 @@ Test(api, ingest_without_a_pipeline_is_503)
         cr_assert_eq(outbox_depth(), 0);
 }
 
+/* A burst of 5xx answers (a database outage under a load balancer's traffic) logs at most 10 a
+ * second, and the next line logged says how many were not. */
+Test(api, a_burst_of_5xx_is_logged_at_most_ten_a_second)
+{
+        char path[] = "/tmp/ctxhookd-api-log-XXXXXX", text[65536], *p;
+        int fd = mkstemp(path), saved = dup(2), logged = 0;
+        unsigned dropped = 0;
+        ssize_t len;
+
+        cr_assert(fd >= 0 && saved >= 0);
+        fflush(stderr);
+        cr_assert_eq(dup2(fd, 2), 2);
+        for (int i = 0; i < 30; i++)
+                cr_assert_eq(ingest(EVENTS, END_EVENT, "k").status, 503);
+        usleep(1100 * 1000);
+        cr_assert_eq(ingest(EVENTS, END_EVENT, "k").status, 503);
+        fflush(stderr);
+        cr_assert_eq(dup2(saved, 2), 2);
+        close(saved);
+        len = pread(fd, text, sizeof(text) - 1, 0);
+        close(fd);
+        unlink(path);
+        cr_assert_gt(len, 0);
+        text[len] = '\0';
+        for (p = text; (p = strstr(p, "503 event ingest is not available")); p++) {
+                const char *more = strstr(p, " more 5xx answers were not logged");
+                const char *eol = strchr(p, '\n');
+
+                logged++;
+                if (more && (!eol || more < eol)) {
+                        const char *count = more;
+
+                        while (count > p && *count != '(')
+                                count--;
+                        dropped += (unsigned)strtoul(count + 1, NULL, 10);
+                }
+        }
+        /* 31 answers: the burst straddles at most one second boundary, so 10 to 20 of its 30
+         * are logged, then the late one with the count of the rest. */
+        cr_assert(logged >= 11 && logged <= 21, "%d lines logged:\n%s", logged, text);
+        cr_assert_eq((unsigned)logged + dropped, 31, "%d logged + %u reported dropped:\n%s", logged,
+                     dropped, text);
+}
+
 Test(api, ingest_store_unavailable_is_503)
 {
         sqlite3 *db;
