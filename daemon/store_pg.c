@@ -884,7 +884,10 @@ static int pipe_begin(struct conn *c)
 {
         if (!c->pg)
                 return -ENOTCONN;
-        return PQenterPipelineMode(c->pg) == 1 ? 0 : failure(c, NULL);
+        if (PQenterPipelineMode(c->pg) == 1)
+                return 0;
+        conn_drop(c); /* not idle: something was left unread */
+        return -EIO;
 }
 
 static int pipe_send(struct conn *c, enum stmt_id id, const char *types, ...)
@@ -944,7 +947,8 @@ static int pipe_end(struct conn *c, size_t n, int64_t *ret_changes)
                         break;
         }
         if (PQexitPipelineMode(c->pg) != 1) {
-                rc = failure(c, NULL);
+                /* Results left unread: a connection in this state is of no further use. */
+                conn_drop(c);
                 return rc < 0 ? rc : -EIO;
         }
         c->round_trips++;
