@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -444,17 +445,6 @@ static int64_t col_i64(const PGresult *res, int row, int col)
         return strtoll(PQgetvalue(res, row, col), NULL, 10);
 }
 
-static int hex_digit(char c)
-{
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 /* A malloc'ed, NUL-terminated copy of a column (bytea columns decoded from the hex output
  * format, which every connection sets); *ret NULL for SQL NULL. */
 static int col_dup(const PGresult *res, int row, int col, bool bytea, char **ret, size_t *ret_len)
@@ -486,7 +476,8 @@ static int col_dup(const PGresult *res, int row, int col, bool bytea, char **ret
         if (!copy)
                 return -ENOMEM;
         for (size_t i = 0; i < n; i++) {
-                int hi = hex_digit(v[2 + 2 * i]), lo = hex_digit(v[3 + 2 * i]);
+                int hi = OPENSSL_hexchar2int((unsigned char)v[2 + 2 * i]);
+                int lo = OPENSSL_hexchar2int((unsigned char)v[3 + 2 * i]);
 
                 if (hi < 0 || lo < 0) {
                         free(copy);
