@@ -20,9 +20,7 @@
 #include "ctxhookd/store.h"
 #include "test_util.h"
 #include "store_backend.h"
-#ifdef CTXHOOKD_TEST_PG
-#include "test_pg.h"
-#endif
+#include "test_store_backend.h"
 
 #define T0  INT64_C(1800000000000) /* 2027-01-15T08:00:00.000Z */
 #define ACC "12345678"
@@ -32,51 +30,18 @@ static char dir[64];
 static char where[1024];
 static struct store *st;
 
-static struct store_options options_at(const char *w, unsigned pool, int busy_ms)
-{
-        /* A read cache, so clearing notes is checked against cached reads too (the PostgreSQL
-         * backend ignores it: other hosts write the same data). */
-        struct store_options o = {
-            .busy_timeout_ms = busy_ms, .pool_size = pool, .cache_entries = 64};
-
-#ifdef CTXHOOKD_TEST_PG
-        o.backend = "postgresql";
-        o.url = w;
-#else
-        o.path = w;
-#endif
-        return o;
-}
-
-static struct store *open_at(const char *w, unsigned pool)
-{
-        struct store_options o = options_at(w, pool, 5000);
-        struct ch_error err = {{0}};
-        struct store *s = NULL;
-        int rc = store_open(&o, &s, &err);
-
-        cr_assert_eq(rc, 0, "store_open(%s): %d %s", w, rc, err.msg);
-        return s;
-}
-
 static void setup(void)
 {
         strcpy(dir, "/tmp/ctxhookd-test-outbox-XXXXXX");
         cr_assert_not_null(mkdtemp(dir));
-#ifdef CTXHOOKD_TEST_PG
-        test_pg_url(where, sizeof(where));
-#else
-        snprintf(where, sizeof(where), "%s/context.db", dir);
-#endif
-        st = open_at(where, 4);
+        test_store_where(dir, "context.db", where, sizeof(where));
+        st = test_store_open(where, 4, 5000);
 }
 
 static void teardown(void)
 {
         st = store_close(st);
-#ifdef CTXHOOKD_TEST_PG
-        test_pg_drop(where);
-#endif
+        test_store_drop(where);
         test_rmtree(dir);
 }
 
@@ -322,7 +287,7 @@ Test(outbox, a_repeated_dedup_key_writes_nothing)
         cr_assert_eq(depth(), 3);
 
         st = store_close(st);
-        st = open_at(where, 1);
+        st = test_store_open(where, 1, 5000);
         cr_assert_eq(store_outbox_enqueue(st, "kafka:t/0/42", &it, 1, T0 + 2), -EEXIST);
         cr_assert_eq(store_outbox_enqueue(st, "kafka:t/0/45", &it, 1, T0 + 2), 0);
         cr_assert_eq(depth(), 4);
@@ -414,22 +379,6 @@ Test(outbox, enqueue_many_records_each_message_in_order_in_one_go)
         cr_assert_eq(store_outbox_enqueue_many(st, NULL, 0, T0, NULL), 0);
 }
 
-/* Runs SQL on the test's database from outside the store. */
-static void raw_sql(const char *sql)
-{
-#ifdef CTXHOOKD_TEST_PG
-        test_pg_exec(where, sql);
-#else
-        sqlite3 *db = NULL;
-        char *msg = NULL;
-
-        cr_assert_eq(sqlite3_open(where, &db), SQLITE_OK);
-        sqlite3_busy_timeout(db, 5000);
-        cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &msg), SQLITE_OK, "%s: %s", sql, msg);
-        sqlite3_close(db);
-#endif
-}
-
 /* A trigger that makes every insert into the dead letters fail, and its removal. */
 #ifdef CTXHOOKD_TEST_PG
 #define REFUSE_DEAD_LETTERS_SQL                                                                    \
@@ -462,14 +411,14 @@ Test(outbox, a_failing_batch_writes_nothing)
         };
         int results[3] = {9, 9, 9};
 
-        raw_sql(REFUSE_DEAD_LETTERS_SQL);
+        test_store_raw_sql(where, REFUSE_DEAD_LETTERS_SQL);
         cr_assert_eq(store_outbox_enqueue_many(st, msgs, 3, T0, results), -EIO);
         cr_assert_eq(results[0], 9, "results written although the batch failed");
         cr_assert_eq(depth(), 0);
         cr_assert_eq(dead_count(), 0);
 
         /* Nor were the dedup keys kept: the same batch goes through once the cause is gone. */
-        raw_sql(ACCEPT_DEAD_LETTERS_SQL);
+        test_store_raw_sql(where, ACCEPT_DEAD_LETTERS_SQL);
         cr_assert_eq(store_outbox_enqueue_many(st, msgs, 3, T0, results), 0);
         for (size_t i = 0; i < 3; i++)
                 cr_assert_eq(results[i], 0, "message %zu", i);
@@ -481,7 +430,7 @@ Test(outbox, a_failing_batch_writes_nothing)
  * table): the batch fails as a whole after the busy timeout. */
 Test(outbox, a_batch_blocked_by_a_lock_fails_and_records_no_key)
 {
-        struct store_options o = options_at(where, 1, 50);
+        struct store_options o = test_store_options(where, 1, 50);
         const struct store_message msgs[] = {{.dedup_key = "k/1"}, {.dedup_key = "k/2"}};
         struct ch_error err = {{0}};
         struct store *s2 = NULL;
@@ -884,7 +833,7 @@ Test(outbox, outbox_ids_are_never_reused)
 
         cr_assert_eq(store_outbox_done(st, id, T0), 0);
         st = store_close(st);
-        st = open_at(where, 2);
+        st = test_store_open(where, 2, 5000);
         enqueue("h", "c", "w2", T0);
         cr_assert_gt(claim_one(T0, 1000, "w2"), id);
         /* A late done() of the old id must not touch the new row. */
@@ -1009,7 +958,7 @@ Test(outbox, queued_and_leased_state_survives_reopen)
         int64_t id = claim_one(T0, 10000, "w1");
 
         st = store_close(st);
-        st = open_at(where, 1);
+        st = test_store_open(where, 1, 5000);
         cr_assert_eq(depth(), 2);
         assert_claim(T0 + 1, 10, "w2");
         cr_assert_eq(claim_one(T0 + 10000, 10000, "w1"), id);
@@ -1176,7 +1125,7 @@ Test(outbox, racing_claimers_on_one_handle_never_share_a_delivery)
 
 Test(outbox, racing_claimers_on_two_handles_never_share_a_delivery)
 {
-        struct store *other = open_at(where, 2);
+        struct store *other = test_store_open(where, 2, 5000);
 
         race(st, other);
         store_close(other);
@@ -1221,7 +1170,7 @@ Test(outbox, a_version_1_database_is_migrated_keeping_its_data)
         cr_assert_eq(sqlite3_exec(db, schema_v1, NULL, NULL, &msg), SQLITE_OK, "%s", msg);
         sqlite3_close(db);
 
-        s2 = open_at(p, 2);
+        s2 = test_store_open(p, 2, 5000);
         cr_assert_eq(store_schema_version(s2, &version), 0);
         cr_assert_eq(version, 2);
         cr_assert_eq(store_prop_get(s2, ACC, "notes", "conv1", "n", T0, &text, NULL, NULL), 0);
@@ -1235,7 +1184,7 @@ Test(outbox, a_version_1_database_is_migrated_keeping_its_data)
         s2 = store_close(s2);
 
         /* Opening again does not migrate twice. */
-        s2 = open_at(p, 1);
+        s2 = test_store_open(p, 1, 5000);
         cr_assert_eq(store_schema_version(s2, &version), 0);
         cr_assert_eq(version, 2);
         cr_assert_eq(store_outbox_depth(s2, &n), 0);

@@ -23,9 +23,7 @@
 #include "ctxhookd/store.h"
 #include "test_util.h"
 #include "store_backend.h"
-#ifdef CTXHOOKD_TEST_PG
-#include "test_pg.h"
-#endif
+#include "test_store_backend.h"
 
 #define T0  INT64_C(1800000000000) /* 2027-01-15T08:00:00.000Z */
 #define ACC "12345678"
@@ -35,59 +33,18 @@ static char dir[64];
 static char where[1024];
 static struct store *st;
 
-static struct store_options options_at(const char *w, unsigned pool, int busy_ms)
-{
-        /* A small read cache, so every test here also runs through the cached read path (the
-         * PostgreSQL backend ignores it: other hosts write the same data). */
-        struct store_options o = {
-            .busy_timeout_ms = busy_ms, .pool_size = pool, .cache_entries = 64};
-
-#ifdef CTXHOOKD_TEST_PG
-        o.backend = "postgresql";
-        o.url = w;
-#else
-        o.path = w;
-#endif
-        return o;
-}
-
-static struct store *open_at(const char *w, unsigned pool, int busy_ms)
-{
-        struct store_options o = options_at(w, pool, busy_ms);
-        struct ch_error err = {{0}};
-        struct store *s = NULL;
-        int rc = store_open(&o, &s, &err);
-
-        cr_assert_eq(rc, 0, "store_open(%s): %d %s", w, rc, err.msg);
-        cr_assert_not_null(s);
-        return s;
-}
-
-/* Another empty database beside the test's own: a new file (named name) or a new schema. */
-static void fresh_where(const char *name, char *out, size_t size)
-{
-#ifdef CTXHOOKD_TEST_PG
-        (void)name;
-        test_pg_url(out, size);
-#else
-        snprintf(out, size, "%s/%s", dir, name);
-#endif
-}
-
 static void setup(void)
 {
         strcpy(dir, "/tmp/ctxhookd-test-store-XXXXXX");
         cr_assert_not_null(mkdtemp(dir));
-        fresh_where("context.db", where, sizeof(where));
-        st = open_at(where, 4, 5000);
+        test_store_where(dir, "context.db", where, sizeof(where));
+        st = test_store_open(where, 4, 5000);
 }
 
 static void teardown(void)
 {
         st = store_close(st);
-#ifdef CTXHOOKD_TEST_PG
-        test_pg_drop(where);
-#endif
+        test_store_drop(where);
         test_rmtree(dir);
 }
 
@@ -182,29 +139,13 @@ static void assert_session_ids(const char *ns, int64_t page, int64_t per_page, i
 #define NEWER_VERSION_SQL "PRAGMA user_version = 999"
 #endif
 
-/* Runs one SQL statement on the database from outside the store. */
-static void raw_sql(const char *w, const char *sql)
-{
-#ifdef CTXHOOKD_TEST_PG
-        test_pg_exec(w, sql);
-#else
-        sqlite3 *db = NULL;
-        char *msg = NULL;
-
-        cr_assert_eq(sqlite3_open(w, &db), SQLITE_OK);
-        sqlite3_busy_timeout(db, 5000);
-        cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &msg), SQLITE_OK, "%s: %s", sql, msg);
-        sqlite3_close(db);
-#endif
-}
-
 /* ---- Opening and schema ---- */
 
 TestSuite(open, .init = setup, .fini = teardown);
 
 Test(open, creates_the_database_at_the_latest_schema)
 {
-        struct store_options o = options_at(where, 1, 1000);
+        struct store_options o = test_store_options(where, 1, 1000);
         int version = -1;
 
         cr_assert_eq(store_schema_version(st, &version), 0);
@@ -250,9 +191,9 @@ Test(open, reopening_is_idempotent_and_keeps_data)
         cr_assert_eq(store_schema_version(st, &v1), 0);
         put("notes", "conv1", "n", "{\"k\":[1,2]}", T0);
         st = store_close(st);
-        st = open_at(where, 2, 1000);
+        st = test_store_open(where, 2, 1000);
         st = store_close(st);
-        st = open_at(where, 1, 1000);
+        st = test_store_open(where, 1, 1000);
         cr_assert_eq(store_schema_version(st, &v2), 0);
         cr_assert_eq(v1, v2);
         cr_assert_eq(store_prop_get(st, ACC, "notes", "conv1", "n", T0, &text, NULL, NULL), 0);
@@ -267,27 +208,25 @@ Test(open, migrates_an_existing_empty_database)
         int version = 0;
 
         /* A database that has something else in it but none of the store's tables. */
-        fresh_where("old.db", p, sizeof(p));
-        raw_sql(p, "CREATE TABLE unrelated (x INTEGER)");
-        s2 = open_at(p, 1, 1000);
+        test_store_where(dir, "old.db", p, sizeof(p));
+        test_store_raw_sql(p, "CREATE TABLE unrelated (x INTEGER)");
+        s2 = test_store_open(p, 1, 1000);
         cr_assert_eq(store_schema_version(s2, &version), 0);
         cr_assert_geq(version, 1);
         cr_assert_eq(store_ns_create(s2, ACC, "ns", -1, T0), 0);
         store_close(s2);
-#ifdef CTXHOOKD_TEST_PG
-        test_pg_drop(p);
-#endif
+        test_store_drop(p);
 }
 
 Test(open, refuses_a_database_from_a_newer_version)
 {
-        struct store_options o = options_at(where, 2, 1000);
+        struct store_options o = test_store_options(where, 2, 1000);
         struct ch_error err = {{0}};
         struct store *s2 = NULL;
         int rc;
 
         st = store_close(st);
-        raw_sql(where, NEWER_VERSION_SQL);
+        test_store_raw_sql(where, NEWER_VERSION_SQL);
         rc = store_open(&o, &s2, &err);
         cr_assert_lt(rc, 0);
         cr_assert_null(s2);
@@ -324,8 +263,8 @@ Test(open, bad_options_are_refused)
 {
         struct ch_error err = {{0}};
         struct store *s2 = NULL;
-        struct store_options none = options_at(NULL, 1, 0);
-        struct store_options nopool = options_at(where, 0, 0);
+        struct store_options none = test_store_options(NULL, 1, 0);
+        struct store_options nopool = test_store_options(where, 0, 0);
 
         cr_assert_eq(store_open(&none, &s2, &err), -EINVAL);
         cr_assert_eq(store_open(&nopool, &s2, &err), -EINVAL);
@@ -335,7 +274,7 @@ Test(open, bad_options_are_refused)
 
 static void *open_thread(void *arg)
 {
-        struct store_options o = options_at(arg, 2, 10000);
+        struct store_options o = test_store_options(arg, 2, 10000);
         struct ch_error err = {{0}};
         struct store *s = NULL;
         intptr_t rc = store_open(&o, &s, &err);
@@ -353,7 +292,7 @@ Test(open, concurrent_first_opens_all_succeed)
         struct store *s2;
         json_t *a = NULL;
 
-        fresh_where("fresh.db", p, sizeof(p));
+        test_store_where(dir, "fresh.db", p, sizeof(p));
         for (size_t i = 0; i < 6; i++)
                 cr_assert_eq(pthread_create(&t[i], NULL, open_thread, p), 0);
         for (size_t i = 0; i < 6; i++) {
@@ -361,14 +300,12 @@ Test(open, concurrent_first_opens_all_succeed)
                 pthread_join(t[i], &rc);
                 cr_assert_eq((intptr_t)rc, 0, "opener %zu failed: %d", i, (int)(intptr_t)rc);
         }
-        s2 = open_at(p, 1, 1000);
+        s2 = test_store_open(p, 1, 1000);
         cr_assert_eq(store_ns_list(s2, ACC, &a), 0);
         cr_assert_eq(json_array_size(a), 1);
         json_decref(a);
         store_close(s2);
-#ifdef CTXHOOKD_TEST_PG
-        test_pg_drop(p);
-#endif
+        test_store_drop(p);
 }
 
 /* Another connection, outside the store (the CLI, say, or another instance), takes the lock
@@ -403,7 +340,7 @@ static void release_write_lock(void *holder)
 
 Test(open, a_held_write_lock_gives_eio_after_the_busy_timeout)
 {
-        struct store *s2 = open_at(where, 1, 50);
+        struct store *s2 = test_store_open(where, 1, 50);
         json_t *v = json_integer(1);
         char *text = NULL;
         void *lock;
@@ -453,7 +390,7 @@ Test(keys, a_key_written_by_another_handle_is_seen_at_once)
         memset(h, 7, sizeof(h));
         memset(h2, 9, sizeof(h2));
         cr_assert_eq(store_key_get(st, ACC, got), -ENOENT); /* warm every cache there is */
-        cli = open_at(where, 1, 1000);                      /* as `ctxhookd apikey create` does */
+        cli = test_store_open(where, 1, 1000);              /* as `ctxhookd apikey create` does */
         cr_assert_eq(store_key_set(cli, ACC, h, T0), 0);
         for (int i = 0; i < 8; i++) { /* whichever pooled connection answers */
                 cr_assert_eq(store_key_get(st, ACC, got), 0);
@@ -975,7 +912,7 @@ static void tag_after_restart(char out[STORE_ETAG_MAX])
         pid = fork();
         cr_assert_geq(pid, 0);
         if (pid == 0) {
-                struct store_options o = options_at(where, 1, 5000);
+                struct store_options o = test_store_options(where, 1, 5000);
                 struct ch_error err;
                 char tag[STORE_ETAG_MAX] = "";
                 struct store *s = NULL;

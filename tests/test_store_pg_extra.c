@@ -6,6 +6,7 @@
  * losing the server's connections and getting them back; check-config's probe; and the
  * connection-string helpers (password masking, libpq's own validation). Each test works in a
  * schema of its own in the cluster of the ctest fixture (tests/test_pg.h). */
+#define CTXHOOKD_TEST_PG 1 /* tests/test_store_backend.h: always the PostgreSQL backend */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <pthread.h>
@@ -21,33 +22,12 @@
 #include "ctxhookd/clock.h"
 #include "ctxhookd/store.h"
 #include "test_pg.h"
+#include "test_store_backend.h"
 
 #define T0  INT64_C(1800000000000) /* 2027-01-15T08:00:00.000Z */
 #define ACC "12345678"
 
 static char url[TEST_PG_URL_MAX];
-
-static struct store_options options_at(const char *u, unsigned pool)
-{
-        /* A read cache is asked for: the backend must not use it (other hosts write). */
-        return (struct store_options){.backend = "postgresql",
-                                      .url = u,
-                                      .busy_timeout_ms = 5000,
-                                      .pool_size = pool,
-                                      .cache_entries = 64};
-}
-
-static struct store *open_at(const char *u, unsigned pool)
-{
-        struct store_options o = options_at(u, pool);
-        struct ch_error err = {{0}};
-        struct store *s = NULL;
-        int rc = store_open(&o, &s, &err);
-
-        cr_assert_eq(rc, 0, "store_open(%s): %d %s", u, rc, err.msg);
-        cr_assert_not_null(s);
-        return s;
-}
 
 static void setup(void)
 {
@@ -74,7 +54,7 @@ struct opener {
 static void *opener_main(void *arg)
 {
         struct opener *o = arg;
-        struct store_options opts = options_at(o->url, 2);
+        struct store_options opts = test_store_options(o->url, 2, 5000);
         struct ch_error err = {{0}};
 
         pthread_barrier_wait(o->go);
@@ -85,7 +65,7 @@ static void *opener_main(void *arg)
 
 Test(instances, two_opening_one_fresh_schema_together_make_one_schema)
 {
-        struct store_options o = options_at(url, 1);
+        struct store_options o = test_store_options(url, 1, 5000);
         int latest = store_schema_latest(&o);
 
         cr_assert_geq(latest, 1);
@@ -132,7 +112,7 @@ Test(instances, two_opening_one_fresh_schema_together_make_one_schema)
  * nothing of another host's is cached. */
 Test(instances, each_reads_what_the_other_wrote_at_once)
 {
-        struct store *a = open_at(url, 2), *b = open_at(url, 2);
+        struct store *a = test_store_open(url, 2, 5000), *b = test_store_open(url, 2, 5000);
         unsigned char h1[STORE_KEY_HASH_LEN], h2[STORE_KEY_HASH_LEN], got[STORE_KEY_HASH_LEN];
         char *text = NULL;
 
@@ -259,7 +239,7 @@ static void *claim_worker(void *arg)
 
 Test(instances, claiming_together_shares_nothing_and_keeps_each_conversations_order)
 {
-        struct store *inst[2] = {open_at(url, 2), open_at(url, 2)};
+        struct store *inst[2] = {test_store_open(url, 2, 5000), test_store_open(url, 2, 5000)};
         static struct shared_log log;
         struct worker w[4];
         pthread_t t[4];
@@ -444,7 +424,7 @@ static void *mix_claimer(void *arg)
 
 Test(instances, enqueueing_and_claiming_together_keep_one_head_per_conversation)
 {
-        struct store *inst[2] = {open_at(url, 3), open_at(url, 3)};
+        struct store *inst[2] = {test_store_open(url, 3, 5000), test_store_open(url, 3, 5000)};
         static struct mix m;
         struct mix_worker w[MIX_ENQUEUERS + 2];
         pthread_t t[MIX_ENQUEUERS + 2];
@@ -496,7 +476,7 @@ static int64_t claim_at(struct store *s, int64_t now, int64_t lease_ms, char *wi
 
 Test(instances, a_dead_instances_lease_passes_to_another_when_it_ends)
 {
-        struct store *a = open_at(url, 1), *b = open_at(url, 1);
+        struct store *a = test_store_open(url, 1, 5000), *b = test_store_open(url, 1, 5000);
         struct store_enqueue it = {.hook = "h",
                                    .account = ACC,
                                    .conversation = "c",
@@ -554,7 +534,7 @@ static int wait_healthy(struct store *s, int64_t ms, char *why, size_t size)
 
 Test(reconnect, terminated_connections_come_back_with_the_data)
 {
-        struct store *s = open_at(url, 3);
+        struct store *s = test_store_open(url, 3, 5000);
         json_t *v = json_string("kept");
         char why[512] = "", *text = NULL;
         int rc, ok = 0;
@@ -622,7 +602,7 @@ Test(reconnect, a_database_that_refuses_logins_is_down_with_the_reason_then_reco
         int rc = 0;
 
         own_role(u, sizeof(u), role, sizeof(role));
-        s = open_at(u, 2);
+        s = test_store_open(u, 2, 5000);
         cr_assert_eq(store_prop_put(s, ACC, "notes", "c1", "p", v, NULL, T0, NULL), 0);
 
         snprintf(sql, sizeof(sql), "ALTER ROLE %s NOLOGIN", role);
@@ -678,7 +658,7 @@ TestSuite(probe, .init = setup, .fini = teardown);
 
 Test(probe, an_empty_schema_is_version_0_and_stays_empty)
 {
-        struct store_options o = options_at(url, 1);
+        struct store_options o = test_store_options(url, 1, 5000);
         struct ch_error err = {{0}};
         struct store *s;
         int version = -1;
@@ -692,7 +672,7 @@ Test(probe, an_empty_schema_is_version_0_and_stays_empty)
                       n, sizeof(n));
         cr_assert_str_eq(n, "0", "probing created %s relations", n);
 
-        s = open_at(url, 1);
+        s = test_store_open(url, 1, 5000);
         store_close(s);
         version = -1;
         cr_assert_eq(store_probe(&o, &version, &err), 0, "%s", err.msg);
@@ -701,12 +681,12 @@ Test(probe, an_empty_schema_is_version_0_and_stays_empty)
 
 Test(probe, a_newer_schema_is_eproto_naming_both_versions)
 {
-        struct store_options o = options_at(url, 1);
+        struct store_options o = test_store_options(url, 1, 5000);
         struct ch_error err = {{0}};
         char latest[16];
         int version = -1;
 
-        store_close(open_at(url, 1));
+        store_close(test_store_open(url, 1, 5000));
         test_pg_exec(url, "UPDATE ctxhookd_schema SET version = 999");
         cr_assert_eq(store_probe(&o, &version, &err), -EPROTO);
         cr_assert_eq(version, -1, "written on failure");
@@ -730,7 +710,7 @@ Test(probe, an_unreachable_database_is_eio_naming_it_without_the_password)
         };
 
         for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
-                struct store_options o = options_at(urls[i], 1);
+                struct store_options o = test_store_options(urls[i], 1, 5000);
                 struct ch_error err = {{0}};
                 struct store *s = NULL;
                 int version = -1;
