@@ -384,19 +384,8 @@ static void expect_status(int i, const char *method, const char *path, const cha
  * so that each conversation stays in one partition. */
 static void produce(int from, int to)
 {
-        _cleanup_free_ char *text = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&text, &len);
-
-        cr_assert_not_null(f);
-        for (int i = from; i < to; i++)
-                fprintf(f,
-                        "m-%03d\t{\"kind\":\"conversation.end\",\"accountId\":\"" ACCT "\","
-                        "\"conversationId\":\"m-%03d\",\"closeReason\":\"SYSTEM\","
-                        "\"time\":%lld,\"seq\":%d}\n",
-                        i % CONVS, i % CONVS, 1764400700000LL + i, i);
-        cr_assert_eq(fclose(f), 0);
-        cr_assert_eq(it_kcat_produce(dir, bootstrap, TOPIC, text), 0, "kcat could not produce");
+        cr_assert_eq(it_kcat_produce_ends(dir, bootstrap, TOPIC, ACCT, "m-", 3, CONVS, from, to), 0,
+                     "kcat could not produce");
 }
 
 /* Reads the whole topic back with kcat: where every event seq 0..n-1 is. Each exactly once. */
@@ -450,20 +439,13 @@ static size_t sink_lines(void)
         return n;
 }
 
-static long long rec_seq(json_t *rec)
-{
-        json_t *seq = json_object_get(json_object_get(it_rec_payload(rec), "raw"), "seq");
-
-        return json_is_integer(seq) ? json_integer_value(seq) : -1;
-}
-
 /* Checks what every record must be: a signed POST answered 2xx, of a known event, whose event
  * id names the Kafka message it came from. Returns the event's seq. */
 static long long check_record(json_t *rec, const struct placed *at, int n)
 {
         _cleanup_free_ char *shown = json_dumps(rec, JSON_COMPACT);
         json_t *event = it_rec_event(rec);
-        long long seq = rec_seq(rec);
+        long long seq = it_rec_seq(rec);
         char want_id[128];
 
         cr_assert(it_rec_ok(rec), "a request not answered 2xx or badly signed: %s", shown);
@@ -694,7 +676,7 @@ static int events_seen(int n)
         cr_assert(recs && seen);
         json_array_foreach(recs, i, rec)
         {
-                long long seq = rec_seq(rec);
+                long long seq = it_rec_seq(rec);
 
                 if (seq >= 0 && seq < n && it_rec_2xx(rec) && !seen[seq]) {
                         seen[seq] = true;

@@ -113,32 +113,14 @@ TestSuite(pgloss, .init = setup, .fini = teardown, .timeout = 300);
 /* Events seq from..to-1, of conversations "c-%02d" (seq % CONVS), keyed by conversation. */
 static void produce(int from, int to)
 {
-        _cleanup_free_ char *text = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&text, &len);
-
-        cr_assert_not_null(f);
-        for (int i = from; i < to; i++)
-                fprintf(f,
-                        "c-%02d\t{\"kind\":\"conversation.end\",\"accountId\":\"" ACCT "\","
-                        "\"conversationId\":\"c-%02d\",\"closeReason\":\"SYSTEM\","
-                        "\"time\":%lld,\"seq\":%d}\n",
-                        i % CONVS, i % CONVS, 1764400700000LL + i, i);
-        cr_assert_eq(fclose(f), 0);
-        cr_assert_eq(it_kcat_produce(dir, bootstrap, TOPIC, text), 0, "kcat could not produce");
-}
-
-static long long rec_seq(json_t *rec)
-{
-        json_t *seq = json_object_get(json_object_get(it_rec_payload(rec), "raw"), "seq");
-
-        return json_is_integer(seq) ? json_integer_value(seq) : -1;
+        cr_assert_eq(it_kcat_produce_ends(dir, bootstrap, TOPIC, ACCT, "c-", 2, CONVS, from, to), 0,
+                     "kcat could not produce");
 }
 
 /* A record of an event with seq < limit (arg: the limit). */
 static bool seq_below(json_t *rec, const void *arg)
 {
-        long long s = rec_seq(rec);
+        long long s = it_rec_seq(rec);
 
         return it_rec_ok(rec) && s >= 0 && s < *(const int *)arg;
 }
@@ -151,7 +133,7 @@ static int distinct_delivered(json_t *recs, int limit)
 
         for (size_t i = 0; i < json_array_size(recs); i++) {
                 json_t *rec = json_array_get(recs, i);
-                long long s = rec_seq(rec);
+                long long s = it_rec_seq(rec);
 
                 if (it_rec_ok(rec) && s >= 0 && s < limit && !seen[s]) {
                         seen[s] = true;
@@ -420,7 +402,7 @@ Test(pgloss, lost_database_pauses_everything_and_recovers_by_itself)
 
                 for (size_t i = 0; i < json_array_size(recs); i++) {
                         json_t *rec = json_array_get(recs, i);
-                        long long s = rec_seq(rec);
+                        long long s = it_rec_seq(rec);
                         const char *id = it_rec_str(rec, "webhook_id");
 
                         cr_assert(s >= 0 && s < N_ALL, "an event never produced: seq %lld", s);

@@ -1326,6 +1326,33 @@ out:
         return r;
 }
 
+int it_kcat_produce_ends(const char *dir, const char *bootstrap, const char *topic,
+                         const char *account, const char *prefix, int width, int convs, int from,
+                         int to)
+{
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        int r;
+
+        if (!f)
+                return -errno;
+        for (int i = from; i < to; i++)
+                fprintf(f,
+                        "%s%0*d\t{\"kind\":\"conversation.end\",\"accountId\":\"%s\","
+                        "\"conversationId\":\"%s%0*d\",\"closeReason\":\"SYSTEM\","
+                        "\"time\":%lld,\"seq\":%d}\n",
+                        prefix, width, i % convs, account, prefix, width, i % convs,
+                        1764400700000LL + i, i);
+        if (fclose(f) != 0) {
+                free(text);
+                return -ENOMEM;
+        }
+        r = it_kcat_produce(dir, bootstrap, topic, text);
+        free(text);
+        return r;
+}
+
 int it_kcat_produce(const char *dir, const char *bootstrap, const char *topic, const char *text)
 {
         static unsigned seq;

@@ -236,4 +236,11 @@ int it_run_prog(const char *cwd, const char *const *argv, int timeout_ms, struct
  * returns -EIO. */
 int it_kcat_produce(const char *dir, const char *bootstrap, const char *topic, const char *text);
 
+/* Produces numbered conversation.end events (closeReason SYSTEM) of account, seq from..to-1,
+ * each with "seq" in it and of the conversation prefix + (seq % convs), zero-padded to width
+ * digits, keyed by that conversation so that each stays in one partition. As it_kcat_produce. */
+int it_kcat_produce_ends(const char *dir, const char *bootstrap, const char *topic,
+                         const char *account, const char *prefix, int width, int convs, int from,
+                         int to);
+
 #endif

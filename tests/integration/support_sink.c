@@ -185,6 +185,13 @@ json_t *it_rec_payload(json_t *rec)
         return json_object_get(json_object_get(rec, "body"), "payload");
 }
 
+long long it_rec_seq(json_t *rec)
+{
+        json_t *seq = json_object_get(json_object_get(it_rec_payload(rec), "raw"), "seq");
+
+        return json_is_integer(seq) ? json_integer_value(seq) : -1;
+}
+
 json_t *it_rec_event(json_t *rec)
 {
         return json_object_get(it_rec_payload(rec), "event");

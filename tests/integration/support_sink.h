@@ -69,6 +69,8 @@ bool it_rec_2xx(json_t *rec);
 json_t *it_rec_payload(json_t *rec);
 json_t *it_rec_event(json_t *rec);
 long long it_rec_int(json_t *obj, const char *key);
+/* The number of an event made by it_kcat_produce_ends (payload.raw.seq); -1 when it has none. */
+long long it_rec_seq(json_t *rec);
 const char *it_rec_str(json_t *obj, const char *key);
 
 /* Which records count: a predicate with an argument of its own. */
