@@ -888,25 +888,6 @@ static enum MHD_Result delete_session(struct call *c, const struct route *rt)
         return answer_no_content(c, NULL);
 }
 
-/* Copies text onto one line, blanks folded (libpq's reasons span several, with tabs), as
- * printable UTF-8. */
-static void one_line(const char *text, char *out, size_t size)
-{
-        char folded[MESSAGE_MAX];
-        size_t n = 0;
-
-        for (const char *p = text; *p && n + 1 < sizeof(folded); p++) {
-                bool blank = *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r';
-
-                if (blank && (n == 0 || folded[n - 1] == ' '))
-                        continue;
-                folded[n++] = blank ? ' ' : *p;
-        }
-        while (n > 0 && folded[n - 1] == ' ')
-                n--;
-        printable(folded, n, out, size);
-}
-
 /* /readyz's 503: {"status": "unavailable", "reason": "<what> <why>", "message": "<what> <why>"}
  * (the message as in every error answer). */
 static enum MHD_Result answer_unready(struct call *c, const char *reason_what,
@@ -917,7 +898,8 @@ static enum MHD_Result answer_unready(struct call *c, const char *reason_what,
         char *body;
 
         c->not_ready = true;
-        one_line(why, line, sizeof(line));
+        /* why is one line: the store's reasons are (store.h), and so is the service's. */
+        printable(why, strlen(why), line, sizeof(line));
         snprintf(reason, sizeof(reason), "%s%s", reason_what, line);
         snprintf(message, sizeof(message), "%s%s", message_what, line);
         o = json_pack("{s:s, s:s, s:s}", "status", "unavailable", "reason", reason, "message",

@@ -710,7 +710,6 @@ static int rule_store_url(const char *s, char *why, size_t why_size)
         if (r == -ENOMEM)
                 return r;
         if (r < 0) {
-                reason[strcspn(reason, "\r\n")] = '\0';
                 scrub_password(s, reason, sizeof(reason));
                 snprintf(why, why_size, "not a PostgreSQL connection string: %s",
                          reason[0] ? reason : "libpq refuses it");

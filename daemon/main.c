@@ -186,24 +186,6 @@ static int load_config(const char *path, struct config **ret)
         return -1;
 }
 
-/* Folds text onto one line in place: libpq's reasons span several, with tabs, and the
- * "# store:" line must stay one comment line of the printed config. */
-static void fold_line(char *text)
-{
-        size_t n = 0;
-
-        for (const char *p = text; *p; p++) {
-                bool blank = *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r';
-
-                if (blank && (n == 0 || text[n - 1] == ' '))
-                        continue;
-                text[n++] = blank ? ' ' : *p;
-        }
-        while (n > 0 && text[n - 1] == ' ')
-                n--;
-        text[n] = '\0';
-}
-
 /* What the store of a valid configuration says, as a comment line after the printed config:
  * whether the database answers and at which schema version, found without creating or
  * changing anything. A database that cannot be reached is EX_UNAVAILABLE, not a bad config. */
@@ -228,7 +210,6 @@ static int check_store(const struct config *cfg)
                 /* The reason names the database, unless a backend forgot to. */
                 bool named;
 
-                fold_line(err.msg);
                 named = strstr(err.msg, what) != NULL;
 
                 printf("# store: %s%s%s\n", named ? "" : what, named ? "" : ": ",

@@ -325,25 +325,12 @@ static void log_lines(int level, const char *prefix, const char *text)
         }
 }
 
-/* Whether the consumer or the deliverer found the store gone; why gets the reason on one line
- * (libpq's span several, and a line break would end STATUS=). */
+/* Whether the consumer or the deliverer found the store gone; why gets the reason (one line,
+ * as every store reason is: a line break would end STATUS=). */
 static bool store_unavailable(struct service *sv, char *why, size_t why_size)
 {
-        size_t n = 0;
-
-        if (!(sv->consumer && consumer_store_unavailable(sv->consumer, why, why_size)) &&
-            !(sv->deliver && deliver_store_unavailable(sv->deliver, why, why_size)))
-                return false;
-        for (const char *p = why; *p; p++) {
-                bool blank = *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r';
-
-                if (!blank || (n > 0 && why[n - 1] != ' '))
-                        why[n++] = blank ? ' ' : *p;
-        }
-        while (n > 0 && why[n - 1] == ' ')
-                n--;
-        why[n] = '\0';
-        return true;
+        return (sv->consumer && consumer_store_unavailable(sv->consumer, why, why_size)) ||
+               (sv->deliver && deliver_store_unavailable(sv->deliver, why, why_size));
 }
 
 /* STATUS=: where it listens, what it consumes, how much waits. Sent when it changes. */

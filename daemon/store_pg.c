@@ -286,19 +286,39 @@ struct pg_store {
         struct conn conns[];
 };
 
+/* Writes a reason for messages: formatted, then folded onto one line (libpq's span several,
+ * with tabs), so that /readyz, STATUS= and the log can show it as it is. Every reason this
+ * file hands out (store_health, store_open, store_probe, store_url_check) is made here. */
+static void __attribute__((format(printf, 3, 4))) say(char *why, size_t size, const char *fmt, ...)
+{
+        size_t n = 0;
+        va_list ap;
+
+        if (!why || size == 0)
+                return;
+        va_start(ap, fmt);
+        vsnprintf(why, size, fmt, ap);
+        va_end(ap);
+        for (const char *p = why; *p; p++) {
+                bool blank = *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r';
+
+                if (!blank || (n > 0 && why[n - 1] != ' '))
+                        why[n++] = blank ? ' ' : *p;
+        }
+        while (n > 0 && why[n - 1] == ' ')
+                n--;
+        why[n] = '\0';
+}
+
 /* ---- Connection strings ---- */
 
 int store_url_check(const char *url, char *why, size_t why_size)
 {
         char *msg = NULL;
         PQconninfoOption *o = PQconninfoParse(url, &msg);
-        size_t len;
 
         if (!o) {
-                snprintf(why, why_size, "%s", msg ? msg : "out of memory");
-                len = strlen(why);
-                while (len > 0 && (why[len - 1] == '\n' || why[len - 1] == ' '))
-                        why[--len] = '\0';
+                say(why, why_size, "%s", msg ? msg : "out of memory");
                 PQfreemem(msg);
                 return -EINVAL;
         }
@@ -517,15 +537,10 @@ static int decode_value(const char *text, size_t len, json_t **ret)
 
 static void note_down(struct pg_store *ps, const char *why)
 {
-        size_t len;
-
         pthread_mutex_lock(&ps->state_mu);
         ps->down = true;
         ps->next_try_ms = clock_mono_ms() + RECONNECT_EVERY_MS;
-        snprintf(ps->why, sizeof(ps->why), "%s", why && *why ? why : "connection lost");
-        len = strlen(ps->why);
-        while (len > 0 && (ps->why[len - 1] == '\n' || ps->why[len - 1] == ' '))
-                ps->why[--len] = '\0';
+        say(ps->why, sizeof(ps->why), "%s", why && *why ? why : "connection lost");
         pthread_mutex_unlock(&ps->state_mu);
 }
 
@@ -542,7 +557,7 @@ static void why_copy(struct pg_store *ps, char *why, size_t why_size)
         if (!why || why_size == 0)
                 return;
         pthread_mutex_lock(&ps->state_mu);
-        snprintf(why, why_size, "%s", ps->why[0] ? ps->why : "unknown failure");
+        say(why, why_size, "%s", ps->why[0] ? ps->why : "unknown failure");
         pthread_mutex_unlock(&ps->state_mu);
 }
 
@@ -583,22 +598,22 @@ static PGconn *pg_connect(const char *url, int lock_timeout_ms, char *why, size_
 
         pg = PQconnectdbParams(keys, values, 1);
         if (!pg) {
-                snprintf(why, why_size, "out of memory");
+                say(why, why_size, "out of memory");
                 return NULL;
         }
         /* Notices ("relation … already exists, skipping") are not for the daemon's output. */
         PQsetNoticeProcessor(pg, notice_ignore, NULL);
         if (PQstatus(pg) != CONNECTION_OK) {
-                snprintf(why, why_size, "%s", PQerrorMessage(pg));
+                say(why, why_size, "%s", PQerrorMessage(pg));
                 PQfinish(pg);
                 return NULL;
         }
         enc = PQparameterStatus(pg, "server_encoding");
         if (!enc || (strcmp(enc, "UTF8") != 0 && strcmp(enc, "SQL_ASCII") != 0)) {
-                snprintf(why, why_size,
-                         "the database's encoding is %s; ctxhookd needs UTF8 "
-                         "(CREATE DATABASE … ENCODING 'UTF8')",
-                         enc ? enc : "unknown");
+                say(why, why_size,
+                    "the database's encoding is %s; ctxhookd needs UTF8 "
+                    "(CREATE DATABASE … ENCODING 'UTF8')",
+                    enc ? enc : "unknown");
                 PQfinish(pg);
                 return NULL;
         }
@@ -611,7 +626,7 @@ static PGconn *pg_connect(const char *url, int lock_timeout_ms, char *why, size_
                  lock_timeout_ms > 0 ? lock_timeout_ms : 1);
         res = PQexec(pg, setup);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-                snprintf(why, why_size, "setting up the session: %s", PQerrorMessage(pg));
+                say(why, why_size, "setting up the session: %s", PQerrorMessage(pg));
                 PQclear(res);
                 PQfinish(pg);
                 return NULL;
@@ -1127,7 +1142,7 @@ static int read_version(PGconn *pg, int *ret, char *why, size_t why_size)
                 *ret = 0;
                 return 0;
         }
-        snprintf(why, why_size, "%s", PQerrorMessage(pg));
+        say(why, why_size, "%s", PQerrorMessage(pg));
         return -EIO;
 }
 
@@ -1138,7 +1153,7 @@ static int exec_or_say(PGconn *pg, const char *sql, const char *what, char *why,
 
         if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK)
                 return 0;
-        snprintf(why, why_size, "%s: %s", what, PQerrorMessage(pg));
+        say(why, why_size, "%s: %s", what, PQerrorMessage(pg));
         return -EIO;
 }
 
@@ -1166,9 +1181,9 @@ static int migrate(PGconn *pg, char *why, size_t why_size)
         if (rc >= 0)
                 rc = read_version(pg, &version, why, why_size);
         if (rc >= 0 && version > SCHEMA_VERSION) {
-                snprintf(why, why_size,
-                         "the schema is at version %d, newer than this ctxhookd knows (%d)",
-                         version, SCHEMA_VERSION);
+                say(why, why_size,
+                    "the schema is at version %d, newer than this ctxhookd knows (%d)", version,
+                    SCHEMA_VERSION);
                 rc = -EPROTO;
         }
         if (rc >= 0 && version == 0) {

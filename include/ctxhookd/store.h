@@ -13,6 +13,8 @@
  *                 the API answers 503; nothing was changed (every write is one transaction)
  * - Out-parameters (ret_…) are written only on success.
  * - `sid` NULL means the namespace-level session STORE_DEFAULT_SESSION.
+ * - Reasons handed out (err of store_open/store_probe, why of store_health and
+ *   store_url_check) are one line: a backend folds its library's multi-line messages.
  * - `now_ms` is the caller's clock (Unix epoch milliseconds): TTL expiry is judged against
  *   it, so tests can move time without sleeping.
  * - Names are not validated here beyond length (the API validates them); the store refuses
