@@ -24,6 +24,8 @@
 #              BENCH_SIZE (bytes per event, 300), BENCH_ROUNDS (default 2), BENCH_VERBOSE=1,
 #              TMPDIR (where the SQLite databases go, default /tmp).
 set -u -o pipefail
+# shellcheck source=tests/bench/bench_lib.sh
+. "$(dirname "$0")/bench_lib.sh"
 
 usage() {
         echo "usage: $0 BUILD_DIR   (BUILD_DIR contains ctxhookd, mock_kafka, webhook_sink," \
@@ -107,63 +109,15 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-now() {
-        echo "$EPOCHREALTIME"
-}
-calc() { # EXPR VAR=VALUE...
-        local expr=$1
-        shift
-        local args=()
-        for a in "$@"; do
-                args+=(-v "$a")
-        done
-        awk "${args[@]}" "BEGIN { $expr }"
-}
 pct() { # A B -> A as a percentage of B
         calc 'if (b > 0) printf "%.0f%%", 100 * a / b; else print "n/a"' a="$1" b="$2"
 }
-loadavg() {
-        cut -d' ' -f1-3 /proc/loadavg
-}
-say() {
-        [ "$verbose" = 1 ] && echo "  . $*"
-        return 0
-}
 
 # stop PID: TERM, wait up to 10 s, then KILL; drops it from pids.
-stop() {
-        local pid=$1
-        kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 100); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-        forget "$pid"
-}
 
 # forget PID: drops a process that has exited (and was waited for) from pids.
-forget() {
-        local p keep=()
-        for p in "${pids[@]}"; do
-                [ "$p" = "$1" ] || keep+=("$p")
-        done
-        pids=("${keep[@]}")
-}
 
 # first_line FILE PID WHAT -> the first line of FILE once PID has written it (10 s at most).
-first_line() {
-        local line=
-        for _ in $(seq 200); do
-                line=$(head -n1 "$1" 2>/dev/null)
-                [ -n "$line" ] && break
-                kill -0 "$2" 2>/dev/null || break
-                sleep 0.05
-        done
-        [ -n "$line" ] || die "$3 did not start: $(cat "${1%.*}.err" 2>/dev/null)"
-        echo "$line"
-}
 
 # ---- PostgreSQL ----
 pg_url=$("$src_dir/tools/pg" start "$pg_dir" --durable 2>"$tmp/pg.err") ||

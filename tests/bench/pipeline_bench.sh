@@ -20,6 +20,8 @@
 #              [kafka] of the two ingest runs, "key = value; key = value"), BENCH_VERBOSE=1,
 #              TMPDIR (where the databases go, default /tmp).
 set -u -o pipefail
+# shellcheck source=tests/bench/bench_lib.sh
+. "$(dirname "$0")/bench_lib.sh"
 
 usage() {
         echo "usage: $0 BUILD_DIR   (BUILD_DIR contains ctxhookd, mock_kafka, webhook_sink," \
@@ -98,19 +100,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-now() {
-        echo "$EPOCHREALTIME"
-}
 # calc EXPR VAR=VALUE... -> awk arithmetic
-calc() {
-        local expr=$1
-        shift
-        local args=()
-        for a in "$@"; do
-                args+=(-v "$a")
-        done
-        awk "${args[@]}" "BEGIN { $expr }"
-}
 mib() {
         awk -v k="$1" 'BEGIN { if (k == "") print "n/a"; else printf "%.1f", k / 1024 }'
 }
@@ -127,42 +117,10 @@ cpu_ticks() {
         awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null
 }
 hz=$(getconf CLK_TCK)
-loadavg() {
-        cut -d' ' -f1-3 /proc/loadavg
-}
-say() {
-        [ "$verbose" = 1 ] && echo "  . $*"
-        return 0
-}
 
 # stop PID: TERM, wait up to 10 s, then KILL; drops it from pids.
-stop() {
-        local pid=$1 p keep=()
-        kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 100); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-        for p in "${pids[@]}"; do
-                [ "$p" = "$pid" ] || keep+=("$p")
-        done
-        pids=("${keep[@]}")
-}
 
 # first_line FILE PID WHAT -> the first line of FILE once PID has written it (10 s at most).
-first_line() {
-        local line=
-        for _ in $(seq 200); do
-                line=$(head -n1 "$1" 2>/dev/null)
-                [ -n "$line" ] && break
-                kill -0 "$2" 2>/dev/null || break
-                sleep 0.05
-        done
-        [ -n "$line" ] || die "$3 did not start: $(cat "${1%.*}.err" 2>/dev/null)"
-        echo "$line"
-}
 
 # start_mock NAME -> starts a mock cluster with the topic; sets mock_pid, mock_addr.
 start_mock() {
